@@ -1,0 +1,99 @@
+"""The warehouse a run writes to: layout, manifest, pseudonymisation key, versions.
+
+A warehouse directory is self-contained: `manifest.duckdb`, `shards/`, `checkpoints/`, `reports/`,
+`derivatives/` (per-series NIfTI intermediates) and `deid.key` (the HMAC secret, mode 0600, unless
+MRIFOUNDRY_DEID_KEY is set).
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import uuid
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from warehouse.manifest import Manifest
+
+# Bump when a stage's output changes meaning: series curated by an older version are redone.
+PIPELINE_VERSION = "curate-1"
+KEY_FILE = "deid.key"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit when running from a checkout (recorded in checkpoints)."""
+    try:
+        pkg = version("mrifoundry")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{pkg}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return pkg
+
+
+@dataclass(frozen=True)
+class WarehouseContext:
+    """What every task needs to find the warehouse; plain data so Prefect can pass it around."""
+
+    root: Path
+    run_id: str
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self.root)
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / KEY_FILE
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def derivatives(self, subject_id: str, series_key: str) -> Path:
+        return self.root / "derivatives" / subject_id / series_key
+
+    def rel(self, path: Path) -> str:
+        """Warehouse-relative path, so a warehouse can be moved or mounted elsewhere."""
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def abs(self, rel: str) -> Path:
+        return self.root / rel
+
+
+def open_warehouse(root: Path | str, run_id: str | None = None) -> WarehouseContext:
+    """Create the warehouse layout and manifest tables if needed (idempotent)."""
+    root = Path(root).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"--warehouse {root} is a file; pass a directory (it is created if missing)")
+    for sub in ("shards", "checkpoints", "reports", "derivatives"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Manifest(root).init()
+    return WarehouseContext(root=root, run_id=run_id or f"run-{uuid.uuid4().hex[:12]}")

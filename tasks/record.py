@@ -1,0 +1,176 @@
+"""Turn a header scan into manifest rows and a work plan, de-identifying on the way.
+
+This is the PHI boundary: raw UIDs, patient IDs and dates from `SeriesRecord` go in, only keyed
+pseudonyms and shifted dates come out, both into the manifest and into the `WorkItem`s that the
+rest of the DAG passes around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.classify import classify_series
+from tasks.context import PIPELINE_VERSION, WarehouseContext
+from tasks.deid import Pseudonymizer
+from tasks.ingest import ScanResult, SeriesRecord
+from warehouse.manifest import now
+from warehouse.queries import done_series
+
+# Sequence classes the curated corpus keeps; everything else is recorded and skipped.
+CURATED_CLASSES = ("T1w", "T2w", "FLAIR")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One series to preprocess; carries pseudonyms and file paths only (no PHI)."""
+
+    series_key: str
+    subject_id: str
+    study_id: str
+    label: str
+    manufacturer: str
+    model_name: str
+    sop_hash: str
+    files: tuple[Path, ...] = field(repr=False)
+
+    @property
+    def volume_id(self) -> str:
+        return "vol-" + hashlib.sha256(f"{self.series_key}:{self.sop_hash}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What a scan means for this warehouse: what to do, and what was already done."""
+
+    work: tuple[WorkItem, ...]
+    n_series: int
+    n_unchanged: int
+    n_rejected: int
+    n_other: int
+    n_rejected_files: int
+
+    def ordered(self) -> tuple[WorkItem, ...]:
+        """T1w first: T2w/FLAIR of the same study reuse the T1w brain mask."""
+        return tuple(sorted(self.work, key=lambda w: (w.study_id, w.label != "T1w", w.series_key)))
+
+
+def source_id(source: Path) -> str:
+    return "src-" + hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:12]
+
+
+def _series_row(
+    ctx: WarehouseContext, rec: SeriesRecord, p: Pseudonymizer, state: str, reason: str | None, detail: str
+) -> dict:
+    h = rec.header
+    return {
+        "series_key": p.series(rec.series_uid),
+        "subject_id": p.subject(rec.patient_id),
+        "study_id": p.study(rec.study_uid),
+        "sop_hash": rec.sop_hash,
+        "pipeline_version": PIPELINE_VERSION,
+        "n_instances": rec.n_instances,
+        "modality": h.modality,
+        "manufacturer": h.manufacturer,
+        "model_name": h.model_name,
+        "field_strength": h.field_strength,
+        "series_description": h.series_description or h.protocol_name,
+        "series_number": h.series_number,
+        "study_date_shifted": p.shift_date(rec.patient_id, h.study_date),
+        "state": state,
+        "reason": reason,
+        "detail": detail,
+        "run_id": ctx.run_id,
+        "updated_at": now(),
+    }
+
+
+def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudonymizer) -> ScanPlan:
+    """Write series, rejections and classifications; return the series that still need work.
+
+    Idempotent: a series already finished by this pipeline version with the same SOP-instance hash
+    is left alone; one whose instances changed (new files arrived) is redone.
+    """
+    m = ctx.manifest
+    done = done_series(m, PIPELINE_VERSION)
+    src = source_id(source)
+    m.upsert(
+        "rejected_files",
+        (
+            {
+                "source_id": src,
+                "relpath": _relpath(f.path, source),
+                "reason": f.reason,
+                "detail": f.detail,
+                "run_id": ctx.run_id,
+                "updated_at": now(),
+            }
+            for f in scan.rejected_files
+        ),
+    )
+    series_rows, class_rows, work = [], [], []
+    n_unchanged = n_rejected = n_other = 0
+    for rec in scan.series:
+        key = p.series(rec.series_uid)
+        if done.get(key) == rec.sop_hash:
+            n_unchanged += 1
+            continue
+        if rec.rejection:
+            n_rejected += 1
+            series_rows.append(_series_row(ctx, rec, p, "rejected", rec.rejection, rec.rejection_detail))
+            continue
+        c = classify_series(rec.header)
+        class_rows.append(
+            {
+                "series_key": key,
+                "label": c.label,
+                "contrast_enhanced": c.contrast_enhanced,
+                "confidence": c.confidence,
+                "explanation": c.explanation,
+                "needs_review": c.needs_review,
+                "updated_at": now(),
+            }
+        )
+        if c.label not in CURATED_CLASSES:
+            n_other += 1
+            series_rows.append(_series_row(ctx, rec, p, "skipped", "class_other", c.explanation))
+            continue
+        series_rows.append(_series_row(ctx, rec, p, "classified", None, c.explanation))
+        work.append(
+            WorkItem(
+                series_key=key,
+                subject_id=p.subject(rec.patient_id),
+                study_id=p.study(rec.study_uid),
+                label=c.label,
+                manufacturer=rec.header.manufacturer,
+                model_name=rec.header.model_name,
+                sop_hash=rec.sop_hash,
+                files=rec.files,
+            )
+        )
+    m.upsert("series", series_rows)
+    m.upsert("classification", class_rows)
+    return ScanPlan(
+        work=tuple(work),
+        n_series=len(scan.series),
+        n_unchanged=n_unchanged,
+        n_rejected=n_rejected,
+        n_other=n_other,
+        n_rejected_files=len(scan.rejected_files),
+    )
+
+
+def _relpath(path: Path, source: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(source).resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def mark_series(ctx: WarehouseContext, item: WorkItem, state: str, reason: str | None, detail: str) -> None:
+    """Move a series to its final state (curated / failed) without touching its other columns."""
+    ctx.manifest.execute(
+        "UPDATE series SET state = ?, reason = ?, detail = ?, run_id = ?, updated_at = ? WHERE series_key = ?",
+        [state, reason, detail, ctx.run_id, now(), item.series_key],
+    )

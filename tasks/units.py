@@ -1,0 +1,148 @@
+"""Prefect task wrappers around the plain functions of this package: orchestration policy in one place.
+
+Policy:
+- No result persistence and no input caching: results carry file paths of series and Prefect's
+  result store lives outside the warehouse, so nothing about a scan should be written there.
+  Idempotency comes from the manifest instead (see tasks.record / tasks.shards).
+- Retries only where I/O can flake (reading the source share, writing shards); deterministic
+  failures are recorded on the series by the step functions and never retried.
+- Heavy steps carry tags (`ants`, `skullstrip`, `torch`) so a Prefect server can cap them with
+  global concurrency limits (`prefect concurrency-limit create ants 2`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import evaluate as evaluate_mod
+from tasks import labels as labels_mod
+from tasks import preprocess, record, report, shards, train
+from tasks import summary as summary_mod
+from tasks.context import WarehouseContext, open_warehouse
+from tasks.deid import Pseudonymizer
+from tasks.ingest import ScanResult, scan_source
+
+_COMMON = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="open-warehouse", **_COMMON)
+def open_warehouse_task(root: str, run_id: str | None = None) -> WarehouseContext:
+    return open_warehouse(root, run_id)
+
+
+@task(name="scan-dicom", retries=2, retry_delay_seconds=5, **_COMMON)
+def scan_task(source: str) -> ScanResult:
+    return scan_source(Path(source))
+
+
+@task(name="record-and-classify", **_COMMON)
+def record_task(ctx: WarehouseContext, source: str, scan: ScanResult) -> record.ScanPlan:
+    p = Pseudonymizer.from_env_or_file(ctx.key_file)
+    return record.record_scan(ctx, Path(source), scan, p)
+
+
+@task(name="synthesize-export", **_COMMON)
+def synth_task(
+    out_dir: str, preset: str = "demo", seed: int = 0, subjects: int | None = None
+) -> dict[str, str]:
+    from tasks.synthetic import make_export
+
+    s = make_export(Path(out_dir), preset, seed, subjects)
+    return {
+        "dicom_dir": str(s.dicom_dir),
+        "labels_csv": str(s.labels_csv),
+        "n_series": str(s.n_series),
+        "n_files": str(s.n_files),
+    }
+
+
+@task(name="import-labels", **_COMMON)
+def labels_task(ctx: WarehouseContext, csv_path: str) -> int:
+    p = Pseudonymizer.from_env_or_file(ctx.key_file)
+    return labels_mod.import_labels(ctx, Path(csv_path), p)
+
+
+@task(name="convert", task_run_name="convert-{item.series_key}", **_COMMON)
+def convert_task(ctx: WarehouseContext, item: record.WorkItem) -> preprocess.Converted | None:
+    return preprocess.convert_step(ctx, item)
+
+
+@task(name="register", tags=["ants"], **_COMMON)
+def register_task(ctx: WarehouseContext, conv: preprocess.Converted | None) -> preprocess.Registered | None:
+    return preprocess.register_step(ctx, conv)
+
+
+@task(name="skull-strip", tags=["skullstrip"], **_COMMON)
+def skullstrip_task(
+    ctx: WarehouseContext,
+    reg: preprocess.Registered | None,
+    backend: str = "auto",
+    reference_mask: preprocess.Stripped | None = None,
+) -> preprocess.Stripped | None:
+    return preprocess.skullstrip_step(ctx, reg, backend, reference_mask)
+
+
+@task(name="qc", **_COMMON)
+def qc_task(ctx: WarehouseContext, stripped: preprocess.Stripped | None) -> preprocess.QCResult | None:
+    return preprocess.qc_step(ctx, stripped)
+
+
+@task(name="build-shards", retries=1, retry_delay_seconds=2, **_COMMON)
+def shards_task(ctx: WarehouseContext) -> shards.ShardBuild:
+    return shards.build_shards(ctx)
+
+
+@task(name="pretrain", tags=["torch"], **_COMMON)
+def pretrain_task(
+    ctx: WarehouseContext, preset: str, snapshot_id: str | None, steps: int | None
+) -> train.PretrainOutcome:
+    return train.pretrain(ctx, preset=preset, snapshot_id=snapshot_id, steps=steps)
+
+
+@task(name="evaluate", tags=["torch"], **_COMMON)
+def evaluate_task(ctx: WarehouseContext, checkpoint_id: str | None) -> evaluate_mod.EvaluationOutcome:
+    return evaluate_mod.evaluate(ctx, checkpoint_id=checkpoint_id)
+
+
+@task(name="run-report", **_COMMON)
+def report_task(ctx: WarehouseContext) -> str:
+    return str(report.write_report(ctx))
+
+
+@task(name="record-run", **_COMMON)
+def record_run_task(
+    ctx: WarehouseContext,
+    flow: str,
+    started_at: datetime,
+    status: str,
+    params: dict[str, Any],
+    summary: dict[str, Any] | None = None,
+) -> None:
+    summary_mod.record_run(ctx, flow, started_at, status, params, summary)
+
+
+SNAPSHOT_EVENT = "mrifoundry.snapshot.committed"
+
+
+@task(name="announce-snapshot", **_COMMON)
+def announce_snapshot_task(ctx: WarehouseContext, build: shards.ShardBuild, min_new_volumes: int = 1) -> bool:
+    """Emit the custom event that triggers the `pretrain` deployment when enough new data arrived."""
+    from prefect.events import emit_event
+
+    if build.snapshot_id is None or not build.snapshot_created or build.new_volumes < min_new_volumes:
+        return False
+    emit_event(
+        event=SNAPSHOT_EVENT,
+        resource={"prefect.resource.id": f"mrifoundry.warehouse.{ctx.root.name}"},
+        payload={
+            "snapshot_id": build.snapshot_id,
+            "warehouse": str(ctx.root),
+            "new_volumes": build.new_volumes,
+        },
+    )
+    return True

@@ -1,0 +1,115 @@
+"""Named manifest queries (bound parameters only) used by tasks, the CLI and reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warehouse.manifest import Manifest
+
+# Effective QC decision: a human rating wins over the automatic decision.
+EFFECTIVE_DECISION = "coalesce(r.rating, q.decision)"
+
+
+def done_series(m: Manifest, pipeline_version: str) -> dict[str, str]:
+    """series_key -> sop_hash for series already finished by this pipeline version."""
+    rows = m.query(
+        "SELECT series_key, sop_hash FROM series WHERE pipeline_version = ? "
+        "AND state IN ('rejected', 'curated', 'failed', 'skipped')",
+        [pipeline_version],
+    )
+    return {r["series_key"]: r["sop_hash"] for r in rows}
+
+
+def volumes_to_shard(m: Manifest) -> list[dict[str, Any]]:
+    """Passing (or human-approved) volumes that are not in any shard yet, in a stable order."""
+    return m.query(
+        f"""
+        SELECT v.volume_id, v.subject_id, v.label, v.registered_path, v.mask_path
+        FROM volumes v JOIN qc q USING (volume_id) LEFT JOIN ratings r USING (volume_id)
+        LEFT JOIN shard_volumes s USING (volume_id)
+        WHERE {EFFECTIVE_DECISION} = 'pass' AND s.volume_id IS NULL
+        ORDER BY v.volume_id
+        """
+    )
+
+
+def sharded_passing_volumes(m: Manifest) -> list[str]:
+    """Volumes in shards whose effective decision is still pass (a later 'fail' rating drops them)."""
+    rows = m.query(
+        f"""
+        SELECT s.volume_id FROM shard_volumes s JOIN qc q USING (volume_id)
+        LEFT JOIN ratings r USING (volume_id)
+        WHERE {EFFECTIVE_DECISION} = 'pass' ORDER BY s.volume_id
+        """
+    )
+    return [r["volume_id"] for r in rows]
+
+
+def latest_snapshot(m: Manifest) -> str | None:
+    return m.scalar("SELECT snapshot_id FROM snapshots ORDER BY created_at DESC, snapshot_id LIMIT 1")
+
+
+def snapshot_members(m: Manifest, snapshot_id: str) -> list[dict[str, Any]]:
+    """Where each volume of a snapshot lives, with its subject and class, in a stable order."""
+    rows = m.query(
+        """
+        SELECT sv.volume_id, v.subject_id, v.label, sh.path AS shard_path, s.batch_index
+        FROM snapshot_volumes sv JOIN shard_volumes s USING (volume_id)
+        JOIN shards sh USING (shard_id) JOIN volumes v USING (volume_id)
+        WHERE sv.snapshot_id = ? ORDER BY sv.volume_id
+        """,
+        [snapshot_id],
+    )
+    if not rows:
+        raise LookupError(f"snapshot {snapshot_id!r} not found or empty; `mrifoundry status` lists snapshots")
+    return rows
+
+
+def latest_checkpoint(m: Manifest) -> dict[str, Any] | None:
+    rows = m.query("SELECT * FROM checkpoints ORDER BY created_at DESC LIMIT 1")
+    return rows[0] if rows else None
+
+
+def labels(m: Manifest) -> dict[str, dict[str, int]]:
+    rows = m.query("SELECT subject_id, lesion, enlarged_ventricles FROM labels")
+    return {
+        r["subject_id"]: {"lesion": r["lesion"], "enlarged_ventricles": r["enlarged_ventricles"]}
+        for r in rows
+    }
+
+
+def status(m: Manifest) -> dict[str, Any]:
+    """Everything `mrifoundry status` shows, as plain data."""
+    return {
+        "series_by_state": m.query(
+            "SELECT state, coalesce(reason, '') AS reason, count(*) AS n FROM series "
+            "GROUP BY ALL ORDER BY state, reason"
+        ),
+        "series_by_class": m.query(
+            "SELECT label, count(*) AS n, sum(CASE WHEN needs_review THEN 1 ELSE 0 END) AS needs_review "
+            "FROM classification GROUP BY label ORDER BY label"
+        ),
+        "rejected_files": m.query(
+            "SELECT reason, count(*) AS n FROM rejected_files GROUP BY reason ORDER BY reason"
+        ),
+        "volumes_by_decision": m.query(
+            f"""
+            SELECT v.label, {EFFECTIVE_DECISION} AS decision, count(*) AS n
+            FROM volumes v JOIN qc q USING (volume_id) LEFT JOIN ratings r USING (volume_id)
+            GROUP BY ALL ORDER BY v.label, decision
+            """
+        ),
+        "qc_reasons": m.query(
+            "SELECT unnest(reasons) AS reason, count(*) AS n FROM qc GROUP BY reason ORDER BY n DESC, reason"
+        ),
+        "shards": m.scalar("SELECT count(*) FROM shards"),
+        "snapshots": m.query("SELECT snapshot_id, n_volumes, created_at FROM snapshots ORDER BY created_at"),
+        "runs": m.query(
+            "SELECT run_id, flow, status, started_at, finished_at FROM runs ORDER BY started_at DESC LIMIT 10"
+        ),
+        "latest_checkpoint": latest_checkpoint(m),
+        "evaluations": m.query(
+            "SELECT task, encoder, metric, value, ci_low, ci_high, n_subjects, n_volumes FROM evaluations "
+            "WHERE run_id = (SELECT run_id FROM evaluations ORDER BY created_at DESC LIMIT 1) ORDER BY encoder"
+        ),
+    }

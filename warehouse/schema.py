@@ -1,0 +1,245 @@
+"""The one registry of manifest tables and the shard record layout.
+
+Every table the pipeline writes is declared here, so the DuckDB DDL, the upsert helpers and the
+tests all read the same definition. Columns never hold raw patient identifiers: subjects, studies
+and series are keyed by keyed-HMAC pseudonyms produced at ingest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Table:
+    """A manifest table: ordered columns and the primary key that makes reruns idempotent."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    primary_key: tuple[str, ...]
+    doc: str
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    def ddl(self) -> str:
+        cols = ",\n  ".join(f"{name} {typ}" for name, typ in self.columns)
+        pk = ", ".join(self.primary_key)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols},\n  PRIMARY KEY ({pk})\n)"
+
+
+def _t(name: str, pk: tuple[str, ...], doc: str, *cols: tuple[str, str]) -> Table:
+    return Table(name=name, columns=tuple(cols), primary_key=pk, doc=doc)
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        _t(
+            "series",
+            ("series_key",),
+            "One row per DICOM series seen; state tracks how far it got and why it stopped.",
+            ("series_key", "VARCHAR"),
+            ("subject_id", "VARCHAR"),
+            ("study_id", "VARCHAR"),
+            ("sop_hash", "VARCHAR"),
+            ("pipeline_version", "VARCHAR"),
+            ("n_instances", "INTEGER"),
+            ("modality", "VARCHAR"),
+            ("manufacturer", "VARCHAR"),
+            ("model_name", "VARCHAR"),
+            ("field_strength", "DOUBLE"),
+            ("series_description", "VARCHAR"),
+            ("series_number", "INTEGER"),
+            ("study_date_shifted", "VARCHAR"),
+            ("state", "VARCHAR"),
+            ("reason", "VARCHAR"),
+            ("detail", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "rejected_files",
+            ("source_id", "relpath"),
+            "Files that could not be read as DICOM, with the reason; paths are relative to the source.",
+            ("source_id", "VARCHAR"),
+            ("relpath", "VARCHAR"),
+            ("reason", "VARCHAR"),
+            ("detail", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "classification",
+            ("series_key",),
+            "Sequence class per series with the rule-based explanation.",
+            ("series_key", "VARCHAR"),
+            ("label", "VARCHAR"),
+            ("contrast_enhanced", "BOOLEAN"),
+            ("confidence", "DOUBLE"),
+            ("explanation", "VARCHAR"),
+            ("needs_review", "BOOLEAN"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "volumes",
+            ("volume_id",),
+            "One preprocessed volume per curated series; paths are relative to the warehouse.",
+            ("volume_id", "VARCHAR"),
+            ("series_key", "VARCHAR"),
+            ("subject_id", "VARCHAR"),
+            ("study_id", "VARCHAR"),
+            ("label", "VARCHAR"),
+            ("manufacturer", "VARCHAR"),
+            ("model_name", "VARCHAR"),
+            ("native_path", "VARCHAR"),
+            ("registered_path", "VARCHAR"),
+            ("mask_path", "VARCHAR"),
+            ("fov_path", "VARCHAR"),
+            ("native_shape", "INTEGER[]"),
+            ("native_spacing", "DOUBLE[]"),
+            ("converter", "VARCHAR"),
+            ("similarity", "DOUBLE"),
+            ("fov_coverage", "DOUBLE"),
+            ("skullstrip_backend", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "qc",
+            ("volume_id",),
+            "Automatic QC metrics and decision per volume (ratings, when present, override it).",
+            ("volume_id", "VARCHAR"),
+            ("decision", "VARCHAR"),
+            ("reasons", "VARCHAR[]"),
+            ("snr", "DOUBLE"),
+            ("cnr", "DOUBLE"),
+            ("brain_volume_ml", "DOUBLE"),
+            ("fov_coverage", "DOUBLE"),
+            ("similarity", "DOUBLE"),
+            ("metrics_json", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "ratings",
+            ("volume_id",),
+            "Human QC ratings; they win over the automatic decision and survive reruns.",
+            ("volume_id", "VARCHAR"),
+            ("rating", "VARCHAR"),
+            ("rater", "VARCHAR"),
+            ("tags", "VARCHAR[]"),
+            ("note", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "labels",
+            ("subject_id",),
+            "Downstream labels per pseudonymised subject (imported from a clinical registry CSV).",
+            ("subject_id", "VARCHAR"),
+            ("lesion", "INTEGER"),
+            ("enlarged_ventricles", "INTEGER"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "shards",
+            ("shard_id",),
+            "Immutable, content-addressed Arrow IPC shard files.",
+            ("shard_id", "VARCHAR"),
+            ("path", "VARCHAR"),
+            ("n_volumes", "INTEGER"),
+            ("bytes", "BIGINT"),
+            ("created_at", "TIMESTAMP"),
+        ),
+        _t(
+            "shard_volumes",
+            ("volume_id",),
+            "Where each sharded volume lives: shard and record-batch index.",
+            ("volume_id", "VARCHAR"),
+            ("shard_id", "VARCHAR"),
+            ("batch_index", "INTEGER"),
+        ),
+        _t(
+            "snapshots",
+            ("snapshot_id",),
+            "A frozen set of volumes a model trains on; the id is a hash of the member ids.",
+            ("snapshot_id", "VARCHAR"),
+            ("n_volumes", "INTEGER"),
+            ("created_at", "TIMESTAMP"),
+        ),
+        _t(
+            "snapshot_volumes",
+            ("snapshot_id", "volume_id"),
+            "Members of each snapshot.",
+            ("snapshot_id", "VARCHAR"),
+            ("volume_id", "VARCHAR"),
+        ),
+        _t(
+            "runs",
+            ("run_id",),
+            "Every flow run that touched the warehouse, with its summary.",
+            ("run_id", "VARCHAR"),
+            ("flow", "VARCHAR"),
+            ("status", "VARCHAR"),
+            ("started_at", "TIMESTAMP"),
+            ("finished_at", "TIMESTAMP"),
+            ("params_json", "VARCHAR"),
+            ("summary_json", "VARCHAR"),
+        ),
+        _t(
+            "checkpoints",
+            ("checkpoint_id",),
+            "Pretrained checkpoints with the snapshot and code version they came from.",
+            ("checkpoint_id", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("snapshot_id", "VARCHAR"),
+            ("preset", "VARCHAR"),
+            ("path", "VARCHAR"),
+            ("steps", "INTEGER"),
+            ("final_loss", "DOUBLE"),
+            ("code_version", "VARCHAR"),
+            ("created_at", "TIMESTAMP"),
+        ),
+        _t(
+            "evaluations",
+            ("run_id", "task", "encoder"),
+            "Downstream probe results: the pretrained encoder beside a randomly initialised one.",
+            ("run_id", "VARCHAR"),
+            ("checkpoint_id", "VARCHAR"),
+            ("task", "VARCHAR"),
+            ("encoder", "VARCHAR"),
+            ("metric", "VARCHAR"),
+            ("value", "DOUBLE"),
+            ("ci_low", "DOUBLE"),
+            ("ci_high", "DOUBLE"),
+            ("n_subjects", "INTEGER"),
+            ("n_volumes", "INTEGER"),
+            ("created_at", "TIMESTAMP"),
+        ),
+    )
+}
+
+# Shard record layout (one Arrow record batch per volume). Kept as plain tuples so that importing
+# the registry does not import pyarrow; warehouse.shards turns it into a pyarrow schema.
+SHARD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("volume_id", "string"),
+    ("subject_id", "string"),
+    ("label", "string"),
+    ("shape", "list<int32>"),
+    ("spacing", "list<float32>"),
+    ("affine", "list<float64>"),
+    ("dtype", "string"),
+    ("data", "binary"),
+    ("mask", "binary"),
+)
+
+
+def table(name: str) -> Table:
+    """Look up a table, naming the valid ones when the name is wrong."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown manifest table {name!r}; valid tables: {', '.join(sorted(TABLES))}"
+        ) from None
