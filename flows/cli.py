@@ -90,8 +90,7 @@ def print_demo_summary(result: dict[str, Any], seconds: float) -> None:
     if cur["qc_reasons"]:
         print(f"QC reasons: {cur['qc_reasons']}")
     print(
-        f"Pretraining ({pre['preset']}): {pre['steps']} steps, loss {pre['first_loss']:.4f} -> "
-        f"{pre['final_loss']:.4f}"
+        f"Pretraining ({pre['preset']}): {pre['steps']} steps, loss {pre['first_loss']:.4f} -> {pre['final_loss']:.4f}"
     )
     for s in ev["scores"]:
         print(
@@ -118,20 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default var/demo); the warehouse is OUT/warehouse",
     )
     d.add_argument("--synth-preset", default="demo", help="size of the synthetic export: tiny, demo, large")
-    d.add_argument(
-        "--preset", default="tiny", help="model preset for pretraining (default tiny: CPU, minutes)"
-    )
+    d.add_argument("--preset", default="tiny", help="model preset for pretraining (default tiny: CPU, minutes)")
     d.add_argument("--steps", type=int, default=None, help="override the preset's number of training steps")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic export")
 
-    c = sub.add_parser(
-        "curate", help="ingest a DICOM folder: classify, convert, register, skull-strip, QC, shard"
-    )
+    c = sub.add_parser("curate", help="ingest a DICOM folder: classify, convert, register, skull-strip, QC, shard")
     c.add_argument("source", type=Path, help="folder with the DICOM export (any layout, .dcm or .dcm.gz)")
     c.add_argument("--warehouse", type=Path, required=True, help="warehouse directory (created if missing)")
-    c.add_argument(
-        "--labels", type=Path, default=None, help="CSV PatientID,lesion,enlarged_ventricles (optional)"
-    )
+    c.add_argument("--labels", type=Path, default=None, help="CSV PatientID,lesion,enlarged_ventricles (optional)")
     c.add_argument(
         "--skullstrip",
         default="auto",
@@ -152,9 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="series by state and reason, volumes by class and QC decision, runs")
     s.add_argument("--warehouse", type=Path, required=True)
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    v = sub.add_parser(
-        "serve", help="serve the scheduled/triggered deployments (needs `prefect server start`)"
-    )
+    v = sub.add_parser("serve", help="serve the scheduled/triggered deployments (needs `prefect server start`)")
     v.add_argument("--source", required=True, help="folder the nightly curation reads (the PACS drop folder)")
     v.add_argument("--warehouse", required=True)
     v.add_argument("--cron", default="30 1 * * *", help="curation schedule (default 01:30 every night)")
@@ -218,9 +209,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "pretrain":
         from flows.pretrain import pretrain_flow
 
-        result = pretrain_flow(
-            str(args.warehouse), preset=args.preset, snapshot_id=args.snapshot, steps=args.steps
-        )
+        result = pretrain_flow(str(args.warehouse), preset=args.preset, snapshot_id=args.snapshot, steps=args.steps)
         print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=2, default=str))
     elif args.command == "evaluate":
         from flows.evaluate import evaluate_flow

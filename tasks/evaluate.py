@@ -62,9 +62,7 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
-def bootstrap_ci(
-    y: np.ndarray, s: np.ndarray, groups: np.ndarray, n: int = 500, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n: int = 500, seed: int = 0) -> tuple[float, float]:
     """Subject-level bootstrap (resample subjects, keep all their volumes)."""
     rng = np.random.default_rng(seed)
     subj = np.unique(groups)
@@ -112,9 +110,7 @@ def evaluate(ctx: WarehouseContext, checkpoint_id: str | None = None, seed: int 
         else next(iter(m.query("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])), None)
     )
     if ck is None:
-        raise LookupError(
-            f"no checkpoint {checkpoint_id or ''} in {ctx.root}: run `mrifoundry pretrain` first"
-        )
+        raise LookupError(f"no checkpoint {checkpoint_id or ''} in {ctx.root}: run `mrifoundry pretrain` first")
     lab = load_labels(m)
     if not lab:
         raise LookupError("no labels in the manifest: pass --labels CSV to `mrifoundry curate`")

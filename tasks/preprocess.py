@@ -84,9 +84,7 @@ def register_step(ctx: WarehouseContext, conv: Converted | None) -> Registered |
     except Exception as err:  # noqa: BLE001
         _fail(ctx, conv.item, "registration", err)
         return None
-    return Registered(
-        conv, Path(r.registered_path), Path(r.fov_path), float(r.similarity), float(r.fov_coverage)
-    )
+    return Registered(conv, Path(r.registered_path), Path(r.fov_path), float(r.similarity), float(r.fov_coverage))
 
 
 def skullstrip_step(
@@ -128,9 +126,7 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
     reg, conv = s.reg, s.reg.conv
     item = conv.item
     try:
-        metrics = compute_metrics(
-            conv.native, reg.registered, s.mask, reg.fov, reg.similarity, reg.fov_coverage
-        )
+        metrics = compute_metrics(conv.native, reg.registered, s.mask, reg.fov, reg.similarity, reg.fov_coverage)
         decision, reasons = decide(metrics, QCThresholds())
     except Exception as err:  # noqa: BLE001
         _fail(ctx, item, "qc", err)

@@ -79,10 +79,7 @@ def build_shards(ctx: WarehouseContext, shard_size: int = SHARD_SIZE) -> ShardBu
         )
         m.upsert(
             "shard_volumes",
-            [
-                {"volume_id": r["volume_id"], "shard_id": info.shard_id, "batch_index": i}
-                for i, r in enumerate(chunk)
-            ],
+            [{"volume_id": r["volume_id"], "shard_id": info.shard_id, "batch_index": i} for i, r in enumerate(chunk)],
         )
         new.append(info.shard_id)
     members = sharded_passing_volumes(m)

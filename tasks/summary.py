@@ -13,9 +13,7 @@ from warehouse.manifest import now
 from warehouse.queries import status
 
 
-def curation_summary(
-    ctx: WarehouseContext, scan_files: int, plan: ScanPlan, build: ShardBuild
-) -> dict[str, Any]:
+def curation_summary(ctx: WarehouseContext, scan_files: int, plan: ScanPlan, build: ShardBuild) -> dict[str, Any]:
     st = status(ctx.manifest)
     return {
         "warehouse": str(ctx.root),

@@ -8,9 +8,7 @@ from pathlib import Path
 from synth.export import ExportSummary, SynthConfig, generate_export
 
 
-def make_export(
-    out_dir: Path, preset: str = "demo", seed: int = 0, subjects: int | None = None
-) -> ExportSummary:
+def make_export(out_dir: Path, preset: str = "demo", seed: int = 0, subjects: int | None = None) -> ExportSummary:
     """Generate the synthetic export; generation is deterministic, so a rerun rewrites identical
     files and the curation flow then finds nothing new."""
     cfg = replace(SynthConfig.preset(preset), seed=seed)

@@ -80,9 +80,7 @@ def pretrain(
         "volume_ids": [m["volume_id"] for m in members],
         "run_id": ctx.run_id,
     }
-    log.info(
-        "pretraining %s on snapshot %s (%d volumes, %d steps)", preset, snap, len(arrays), train_cfg.steps
-    )
+    log.info("pretraining %s on snapshot %s (%d volumes, %d steps)", preset, snap, len(arrays), train_cfg.steps)
     dataset = VolumeDataset(arrays, train=True, seed=train_cfg.seed)
     result = train(model_cfg, train_cfg, dataset, out_dir, metadata=metadata, resume=True, progress=True)
     ck_id = "ckpt-" + hashlib.sha256(f"{preset}:{snap}:{result.steps}".encode()).hexdigest()[:16]

@@ -47,9 +47,7 @@ def record_task(ctx: WarehouseContext, source: str, scan: ScanResult) -> record.
 
 
 @task(name="synthesize-export", **_COMMON)
-def synth_task(
-    out_dir: str, preset: str = "demo", seed: int = 0, subjects: int | None = None
-) -> dict[str, str]:
+def synth_task(out_dir: str, preset: str = "demo", seed: int = 0, subjects: int | None = None) -> dict[str, str]:
     from tasks.synthetic import make_export
 
     s = make_export(Path(out_dir), preset, seed, subjects)

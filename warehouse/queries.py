@@ -72,10 +72,7 @@ def latest_checkpoint(m: Manifest) -> dict[str, Any] | None:
 
 def labels(m: Manifest) -> dict[str, dict[str, int]]:
     rows = m.query("SELECT subject_id, lesion, enlarged_ventricles FROM labels")
-    return {
-        r["subject_id"]: {"lesion": r["lesion"], "enlarged_ventricles": r["enlarged_ventricles"]}
-        for r in rows
-    }
+    return {r["subject_id"]: {"lesion": r["lesion"], "enlarged_ventricles": r["enlarged_ventricles"]} for r in rows}
 
 
 def status(m: Manifest) -> dict[str, Any]:
@@ -89,9 +86,7 @@ def status(m: Manifest) -> dict[str, Any]:
             "SELECT label, count(*) AS n, sum(CASE WHEN needs_review THEN 1 ELSE 0 END) AS needs_review "
             "FROM classification GROUP BY label ORDER BY label"
         ),
-        "rejected_files": m.query(
-            "SELECT reason, count(*) AS n FROM rejected_files GROUP BY reason ORDER BY reason"
-        ),
+        "rejected_files": m.query("SELECT reason, count(*) AS n FROM rejected_files GROUP BY reason ORDER BY reason"),
         "volumes_by_decision": m.query(
             f"""
             SELECT v.label, {EFFECTIVE_DECISION} AS decision, count(*) AS n

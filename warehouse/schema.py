@@ -240,6 +240,4 @@ def table(name: str) -> Table:
     try:
         return TABLES[name]
     except KeyError:
-        raise KeyError(
-            f"unknown manifest table {name!r}; valid tables: {', '.join(sorted(TABLES))}"
-        ) from None
+        raise KeyError(f"unknown manifest table {name!r}; valid tables: {', '.join(sorted(TABLES))}") from None

@@ -80,9 +80,8 @@ def test_status_on_empty_manifest(manifest):
 
 
 def test_read_only_connect_without_manifest_explains(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mrifoundry curate"):
-        with Manifest(tmp_path / "missing").connect(read_only=True):
-            pass
+    with pytest.raises(FileNotFoundError, match="mrifoundry curate"), Manifest(tmp_path / "missing").connect(True):
+        pass
 
 
 def test_manifest_file_is_real_duckdb(manifest):
