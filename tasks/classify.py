@@ -1,0 +1,326 @@
+"""Series classification into T1w / T2w / FLAIR / other, from header physics first, keywords second.
+
+Physics (TR, TE, TI, flip angle, ScanningSequence, SequenceVariant, MRAcquisitionType, ImageType) is
+what the scanner actually did, and it is written by the scanner, not by a technologist; descriptions
+are free text that follow site habits ("anat_cz1", "ImageMRSERIES"). Keywords still matter: physics
+cannot tell a T1-weighted field-map magnitude or a time-of-flight angiogram from a T1w spoiled
+gradient echo, and vendor names (MPRAGE, SPACE, CUBE, ...) disambiguate borderline timings.
+
+Decision rules, in order:
+1. A keyword naming a non-structural acquisition (diffusion, BOLD, field map, ASL, SWI/T2*, angio,
+   PD, double IR, MP2RAGE inversions, quantitative maps, spectroscopy) makes the series "other",
+   even against T1-like physics (a field-map magnitude *is* a T1-ish gradient echo); that is not
+   sent to review, only its confidence is lowered.
+2. Physics that is itself non-structural (EPI readout, DIFFUSION/PHASE/PERFUSION ImageType, T2*
+   gradient echo, PD timing, STIR) makes it "other".
+3. Otherwise the physics label is used; a description keyword that agrees raises the confidence, one
+   that names another structural class sends the series to review (the stronger side wins the label).
+4. With no physics verdict, an explicit keyword decides with lower confidence; with nothing at all the
+   series is "other" and goes to review.
+
+Thresholds (ms) follow MR physics, not one dataset: T2-FLAIR nulls CSF with TI ~1.5-2.8 s and needs a
+long TE; inversion-prepared short-TE sequences with TI 0.3-1.4 s (MPRAGE, BRAVO, T1-FLAIR) are T1w;
+a spin echo with TR >= 1.8 s and TE >= 80 ms is T2w (ezBIDS uses TE > 100 ms; we accept 80-100 ms
+only when the sequence type is known to be spin echo).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tasks.ingest import SeriesHeader
+
+STRUCTURAL = ("T1w", "T2w", "FLAIR")
+LABELS = (*STRUCTURAL, "other")
+REVIEW_BELOW = 0.5
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str  # "T1w" | "T2w" | "FLAIR" | "other"
+    contrast_enhanced: bool
+    confidence: float
+    explanation: str
+    needs_review: bool
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    label: str | None
+    strength: float
+    reason: str
+
+
+_NONE = _Evidence(None, 0.0, "")
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g} ms"
+
+
+# --------------------------------------------------------------------------------------------------
+# Physics
+
+
+_PHASE_TYPES = {"P", "PHASE", "R", "I", "REAL", "IMAGINARY", "PHASE MAP", "B0 MAP", "FIELD_MAP"}
+_NON_STRUCTURAL_TYPES = {
+    "DIFFUSION": "diffusion",
+    "ADC": "diffusion",
+    "TRACEW": "diffusion",
+    "EADC": "diffusion",
+    "PERFUSION": "perfusion",
+    "ASL": "perfusion",
+    "MOSAIC": "EPI mosaic (fMRI/DWI)",
+    "SWI": "susceptibility-weighted",
+    "MNIP": "susceptibility-weighted",
+    "QSM": "susceptibility map",
+    "MIP": "angiography projection",
+    "PROTON_DENSITY": "proton density",
+    "DENSITY": "proton density",
+}
+
+
+def _physics(h: SeriesHeader) -> _Evidence:
+    """Label implied by acquisition parameters alone, with a strength in [0, 1]."""
+    it = h.image_type
+    for token in it:
+        if token in _NON_STRUCTURAL_TYPES:
+            return _Evidence("other", 0.9, f"ImageType {token} ({_NON_STRUCTURAL_TYPES[token]})")
+    if any(t in _PHASE_TYPES for t in it[2:]):
+        return _Evidence("other", 0.9, "ImageType marks a phase/real/imaginary image, not magnitude")
+    seq = set(h.scanning_sequence)
+    if "EP" in seq:
+        return _Evidence("other", 0.9, "echo-planar readout (ScanningSequence EP: fMRI/DWI/field map)")
+    tr, te, ti, fa = h.repetition_time, h.echo_time, h.inversion_time, h.flip_angle
+    if te is None and tr is None:
+        return _NONE
+    timing = f"TR={_ms(tr)}, TE={_ms(te)}, TI={_ms(ti) if ti is not None else 'none'}"
+    gre, se = "GR" in seq, "SE" in seq
+    inferred = ""
+    if not (gre or se):
+        # ScanningSequence missing or vendor-specific (GE writes RM): infer the echo type from timing.
+        if (te is not None and te < 6) or (tr is not None and tr < 100):
+            gre, inferred = True, " (gradient echo inferred: TE < 6 ms or TR < 100 ms)"
+        elif te is not None:
+            se, inferred = True, " (spin echo assumed: sequence type unknown)"
+    scale = 0.7 if inferred else 1.0
+    ir = "IR" in seq or "IR" in h.scan_options or ti is not None
+
+    def ev(label: str, strength: float, why: str) -> _Evidence:
+        return _Evidence(label, round(strength * scale, 3), f"{why}, {timing}{inferred}")
+
+    if ir and ti is not None and te is not None:
+        if ti >= 1400 and te >= 70:
+            return ev("FLAIR", 0.9, "inversion recovery with TI >= 1400 ms and TE >= 70 ms (fluid-nulled T2)")
+        if ti >= 1400 and te < 30:
+            return ev("other", 0.6, "long TI with short TE (PD-like inversion image, e.g. MP2RAGE INV2)")
+        if 300 <= ti < 1400 and te < 30:
+            return ev("T1w", 0.9, "inversion-prepared, TI 300-1400 ms with short TE (MPRAGE/BRAVO/T1-FLAIR)")
+        if ti < 300:
+            return ev("other", 0.6, "inversion recovery with TI < 300 ms (STIR, fat-nulled)")
+        return _Evidence(None, 0.0, f"inversion recovery with unusual timing, {timing}")
+    if ir and te is not None and tr is not None:  # IR named but TI not stored (some Philips exports)
+        if te >= 70 and tr >= 4000:
+            return ev("FLAIR", 0.6, "inversion recovery (TI not stored) with TR >= 4000 ms and TE >= 70 ms")
+        if te < 30:
+            return ev("T1w", 0.6, "inversion recovery (TI not stored) with short TE")
+    if gre and te is not None:
+        if te >= 15:
+            return ev("other", 0.8, "gradient echo with TE >= 15 ms (T2*-weighted: BOLD/SWI/T2*)")
+        if tr is not None and tr <= 50 and te < 10:
+            if fa is not None and fa < 6:
+                return ev("other", 0.6, f"gradient echo with flip angle {fa:g} deg < 6 (PD-weighted)")
+            if "MP" in h.sequence_variant:
+                return ev("T1w", 0.9, "magnetization-prepared gradient echo with short TR/TE (T1 TFE/MPRAGE)")
+            return ev("T1w", 0.75, "spoiled gradient echo with short TR/TE (T1-weighted)")
+        if tr is not None and tr < 1000 and te < 10 and fa is not None and fa >= 40:
+            return ev("T1w", 0.6, f"2D gradient echo, TR < 1000 ms, flip angle {fa:g} deg (T1 FLASH)")
+        return _Evidence(None, 0.0, f"gradient echo with intermediate timing, {timing}")
+    if se and te is not None and tr is not None:
+        if tr >= 1800 and te >= 80:
+            if inferred and te < 100:
+                return _Evidence(None, 0.0, f"long TR, TE {te:.4g} ms < 100 with unknown sequence type, {timing}")
+            return ev("T2w", 0.9 if te >= 100 else 0.75, "spin echo with long TR and TE >= 80 ms (T2-weighted)")
+        if tr >= 1500 and te < 40:
+            return ev("other", 0.6, "spin echo with long TR and short TE (PD-weighted)")
+        if tr < 1000 and te < 30:
+            return ev("T1w", 0.7, "spin echo with short TR/TE (T1-weighted)")
+    return _Evidence(None, 0.0, f"no decisive timing, {timing}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Keywords
+
+_L, _R = r"(?<![a-z])", r"(?![a-z])"
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+# (group name, pattern). Order matters only for the name reported in the explanation.
+_OTHER_KEYWORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("localizer", _rx(rf"locali[sz]er|scout|survey|aahead|{_L}3[-_ ]?plane")),
+    ("MP2RAGE/inversion image", _rx(rf"mp2rage|{_L}inv[-_ ]?[12]{_R}|{_L}uni[-_ ]?(den|images?)?{_R}")),
+    ("diffusion", _rx(rf"dwi|dti|dki|hardi|noddi|mddw|tensor|{_L}diff(usion)?|{_L}adc{_R}|{_L}tracew?{_R}")),
+    ("functional", _rx(rf"{_L}bold|fmri|epi{_R}|{_L}ep2d|{_L}rest(ing)?{_R}|{_L}task|n-?back|sbref|mbep")),
+    (
+        "field map",
+        _rx(rf"field[-_ ]?map|{_L}fmap|{_L}b[01][-_ ]?map|{_L}tb1|gre_field|{_L}pepolar|{_L}topup|b0[-_ ]?shim"),
+    ),
+    ("perfusion/ASL", _rx(rf"asl{_R}|{_L}perf(usion)?|{_L}cbf{_R}|{_L}dsc{_R}|{_L}dce{_R}|{_L}m0{_R}")),
+    (
+        "susceptibility/T2*",
+        _rx(rf"{_L}swi|swan|{_L}t2[-_ ]?\*|t2[-_ ]?star|{_L}qsm|{_L}mnip|{_L}hemo|{_L}susc|{_L}t2s{_R}"),
+    ),
+    ("angiography", _rx(rf"{_L}tof{_R}|3d[-_ ]?tof|angio|{_L}mr[av]{_R}|venogra|inhance|phase[-_ ]?contrast")),
+    ("proton density", _rx(rf"{_L}pd(w|fs)?{_R}|proton[-_ ]?density|dual[-_ ]?echo")),
+    ("double inversion recovery", _rx(rf"double[-_ ]?(ir|inversion)|{_L}dir{_R}")),
+    (
+        "quantitative map",
+        _rx(rf"{_L}t[12][-_ ]?map|relaxometry|{_L}mese{_R}|{_L}vfa{_R}|despot|{_L}mt[-_ ]?(on|off|r)?{_R}|qalas"),
+    ),
+    ("spectroscopy", _rx(rf"{_L}svs{_R}|{_L}csi{_R}|spectro|{_L}mrs{_R}")),
+    ("screen capture/report", _rx(rf"{_L}screen|{_L}report{_R}|phoenix|{_L}dose{_R}")),
+)
+_T1_FLAIR = _rx(rf"t1[-_ ]?w?[-_ ]?flair|flair[-_ ]?t1{_R}")
+_FLAIR = _rx(rf"flair|dark[-_ ]?fluid|{_L}tirm|fluid[-_ ]?attenuat")
+_T1 = _rx(
+    rf"(?<![0-9])t1(w|[-_ ]?weighted)?(?![0-9a-z])|mp[-_ ]?rage|{_L}mpr{_R}|f?spgr|bravo|{_L}tfe{_R}|"
+    rf"{_L}3d[-_ ]?t1|turbo[-_ ]?flash|{_L}vibe{_R}|{_L}fl[23]d"
+)
+_T2 = _rx(r"(?<![0-9])t2(w|[-_ ]?weighted)?(?![0-9a-z*])")
+# Vendor readout names: they name a readout, not a contrast (T1 SPACE and PD TSE exist), so weak.
+_T2_READOUT = _rx(rf"{_L}(tse|fse|frfse|ssfse|space|spc|cube|vista|blade|propeller|haste|rare){_R}")
+# Siemens/GE sequence names (SequenceName/PulseSequenceName) for non-structural sequences.
+_OTHER_SEQNAME = (
+    ("EPI sequence", _rx(r"^\*?(ep|epfid|epse|ep_b|ep2d|epi)")),
+    ("field-map sequence", _rx(r"^\*?fm[23]d")),
+    ("SWI sequence", _rx(r"^\*?swi")),
+)
+_SEQNAME_T1 = _rx(r"^\*?(tfl|fl3d)")
+_SEQNAME_T2 = _rx(r"^\*?(tse|spc|tseb|spcr)(?!ir)")
+
+_CONTRAST = _rx(
+    rf"{_L}(post|gd|gad\w*|gado\w*|contrast|ce|t1c|t1ce|km|kontrast){_R}|\+c{_R}|{_L}c\+|\+gd|mprage[-_ ]?ce"
+)
+_NO_CONTRAST = _rx(rf"{_L}(pre|non[-_ ]?contrast|nc|without|native){_R}")
+
+
+def _keyword_text(text: str, field: str) -> _Evidence:
+    t = text.lower()
+    if not t.strip():
+        return _NONE
+    for name, rx in _OTHER_KEYWORDS:
+        m = rx.search(t)
+        if m:
+            return _Evidence("other", 0.9, f"'{m.group(0)}' in {field} ({name})")
+    m = _T1_FLAIR.search(t)
+    if m:
+        return _Evidence("T1w", 0.8, f"'{m.group(0)}' in {field} (T1-weighted FLAIR)")
+    m = _FLAIR.search(t)
+    if m:
+        return _Evidence("FLAIR", 0.8, f"'{m.group(0)}' in {field}")
+    m1, m2 = _T1.search(t), _T2.search(t)
+    if m1 and m2:
+        return _Evidence(None, 0.0, f"both '{m1.group(0)}' and '{m2.group(0)}' in {field}")
+    if m1:
+        return _Evidence("T1w", 0.8, f"'{m1.group(0)}' in {field}")
+    if m2:
+        return _Evidence("T2w", 0.8, f"'{m2.group(0)}' in {field}")
+    m = _T2_READOUT.search(t)
+    if m:
+        return _Evidence("T2w", 0.5, f"'{m.group(0)}' in {field} (T2-type readout name)")
+    return _NONE
+
+
+def _keywords(h: SeriesHeader) -> _Evidence:
+    """Keyword evidence: SeriesDescription first, then ProtocolName, then the sequence name."""
+    for text, field in ((h.series_description, "SeriesDescription"), (h.protocol_name, "ProtocolName")):
+        ev = _keyword_text(text, field)
+        if ev.label is not None:
+            return ev
+    name = h.sequence_name.lower()
+    for what, rx in _OTHER_SEQNAME:
+        if rx.search(name):
+            return _Evidence("other", 0.9, f"SequenceName '{h.sequence_name}' ({what})")
+    if _SEQNAME_T1.search(name):
+        return _Evidence("T1w", 0.5, f"SequenceName '{h.sequence_name}' (turbo FLASH/FLASH 3D)")
+    if _SEQNAME_T2.search(name):
+        return _Evidence("T2w", 0.5, f"SequenceName '{h.sequence_name}' (TSE/SPACE readout)")
+    return _NONE
+
+
+def _contrast_enhanced(h: SeriesHeader) -> bool:
+    agent = h.contrast_agent.strip().lower()
+    if agent and agent not in ("none", "no", "n/a", "na", "0"):
+        return True
+    for text in (h.series_description, h.protocol_name):
+        t = text.lower()
+        if _CONTRAST.search(t) and not _NO_CONTRAST.search(t):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Decision
+
+
+def classify_series(h: SeriesHeader) -> Classification:
+    """Classify one series header. Pure function of the header: same header, same answer.
+
+    The explanation names the evidence used ("T2w because spin echo with long TR and TE >= 80 ms,
+    TR=3200 ms, TE=102 ms, TI=none; 't2' in SeriesDescription"), so a reviewer can see why.
+    """
+    phys, kw = _physics(h), _keywords(h)
+    review = False
+    if kw.label == "other":
+        label = "other"
+        if phys.label in STRUCTURAL:
+            conf = 0.75
+            why = f"{kw.reason}, although physics alone suggests {phys.label} ({phys.reason})"
+        else:
+            conf = 0.95 if phys.label == "other" else 0.85
+            why = kw.reason + (f"; {phys.reason}" if phys.reason else "")
+    elif phys.label == "other":
+        label = "other"
+        if kw.label in STRUCTURAL:
+            conf, review = 0.6, True
+            why = f"{phys.reason}; but {kw.reason} suggests {kw.label}"
+        else:
+            conf = phys.strength
+            why = phys.reason
+    elif phys.label in STRUCTURAL:
+        if kw.label is None:
+            label, conf = phys.label, phys.strength
+            why = phys.reason + (f"; {kw.reason}" if kw.reason else "")
+        elif kw.label == phys.label:
+            label, conf = phys.label, min(0.99, max(phys.strength, kw.strength) + 0.1)
+            why = f"{phys.reason}; {kw.reason}"
+        else:
+            label = phys.label if phys.strength >= kw.strength else kw.label
+            conf, review = 0.5, True
+            why = f"physics says {phys.label} ({phys.reason}) but {kw.reason} says {kw.label}; chose {label}"
+    elif kw.label in STRUCTURAL:
+        label, conf = kw.label, round(kw.strength * 0.8, 3)
+        why = kw.reason + (f"; {phys.reason}" if phys.reason else "; no usable timing")
+    else:
+        label, conf = "other", 0.3
+        why = "no decisive physics or keywords" + (f": {phys.reason}" if phys.reason else "")
+        if kw.reason:
+            why += f"; {kw.reason}"
+    if not (h.scanning_sequence or h.sequence_variant or h.series_description or h.protocol_name):
+        # Only TR/TE to go on: a phase image, a FLASH echo and a T1w can share them. Keep the physics
+        # label but let a human confirm it.
+        conf *= 0.8
+        why += " (thin header: no sequence type and no description)"
+    conf = round(min(max(conf, 0.0), 1.0), 3)
+    review = review or conf < REVIEW_BELOW
+    return Classification(
+        label=label,
+        contrast_enhanced=_contrast_enhanced(h),
+        confidence=conf,
+        explanation=f"{label} because {why}",
+        needs_review=review,
+    )
