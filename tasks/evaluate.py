@@ -88,11 +88,8 @@ def cross_validated_scores(feats, y: np.ndarray, groups: np.ndarray, seed: int =
         train_idx = np.setdiff1d(np.arange(len(y)), test_idx)
         if len(np.unique(y[train_idx])) < 2 or len(test_idx) == 0:
             continue
-        x_tr, x_te = feats[train_idx], feats[test_idx]
-        mu, sd = x_tr.mean(0, keepdim=True), x_tr.std(0, keepdim=True) + 1e-6
-        probe = fit_logistic_probe((x_tr - mu) / sd, torch.as_tensor(y[train_idx]).float(), seed=seed)
-        with torch.no_grad():
-            out[test_idx] = probe((x_te - mu) / sd).reshape(-1).float().numpy()
+        probe = fit_logistic_probe(feats[train_idx], torch.as_tensor(y[train_idx]), weight_decay=1e-2, seed=seed)
+        out[test_idx] = probe.scores(feats[test_idx]).numpy()
     return out
 
 
