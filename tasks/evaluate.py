@@ -80,6 +80,7 @@ def bootstrap_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n: int = 500,
 def cross_validated_scores(feats, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> np.ndarray:
     """Out-of-fold probe scores for every volume."""
     import torch
+
     from model.probes import fit_logistic_probe
 
     k = int(min(5, len(np.unique(groups))))
@@ -95,6 +96,7 @@ def cross_validated_scores(feats, y: np.ndarray, groups: np.ndarray, seed: int =
 
 def evaluate(ctx: WarehouseContext, checkpoint_id: str | None = None, seed: int = 0) -> EvaluationOutcome:
     import torch
+
     from model.data import VolumeDataset
     from model.encoder import build_encoder
     from model.probes import extract_features
