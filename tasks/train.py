@@ -61,9 +61,8 @@ def pretrain(
     ctx: WarehouseContext, preset: str = "tiny", snapshot_id: str | None = None, steps: int | None = None
 ) -> PretrainOutcome:
     from model.data import VolumeDataset
-    from model.train import train
-
     from model.presets import get_preset
+    from model.train import train
 
     snap = resolve_snapshot(ctx, snapshot_id)
     members, arrays = load_snapshot_arrays(ctx, snap)

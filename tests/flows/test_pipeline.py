@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_evaluation_compares_pretrained_and_random(run):
     for s in scores:
         assert 0.0 <= s["auroc"] <= 1.0
     report = run["first"]["evaluate"]["report"]
-    html = open(report).read()
+    html = Path(report).read_text()
     assert "Volumes by QC decision" in html and "data:image/png;base64" in html
 
 
