@@ -80,7 +80,7 @@ def register_step(ctx: WarehouseContext, conv: Converted | None) -> Registered |
     from tasks.register import register_to_mni
 
     try:
-        r = register_to_mni(conv.native, conv.native.parent)
+        r = register_to_mni(conv.native, conv.native.parent, contrast=conv.item.label)
     except Exception as err:  # noqa: BLE001
         _fail(ctx, conv.item, "registration", err)
         return None
@@ -127,7 +127,7 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
     item = conv.item
     try:
         metrics = compute_metrics(conv.native, reg.registered, s.mask, reg.fov, reg.similarity, reg.fov_coverage)
-        decision, reasons = decide(metrics, QCThresholds())
+        decision, reasons = decide(metrics, QCThresholds(), contrast=item.label)
     except Exception as err:  # noqa: BLE001
         _fail(ctx, item, "qc", err)
         return None
