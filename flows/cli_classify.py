@@ -1,0 +1,48 @@
+"""`mrifoundry classify SOURCE_DIR`: print the sequence class of every series in a DICOM folder.
+
+Thin CLI wiring: the scan and the rules live in `tasks.classify` (the code the curation flow runs),
+so what this prints is what `curate` would decide. Nothing is written anywhere; no Prefect needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "print T1w/T2w/FLAIR/other, contrast flag, confidence and explanation for every series of a folder"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `classify` subcommand on the main parser's subparsers."""
+    p = subparsers.add_parser(
+        "classify",
+        help=HELP,
+        description=(
+            "Scan a DICOM folder (any layout, .dcm or .dcm.gz) and print one row per series: "
+            "SeriesInstanceUID, series number and description, label (T1w/T2w/FLAIR/other), "
+            "contrast-enhanced flag, confidence, review flag, explanation, and the ingest rejection "
+            "reason where ingest refuses the series. Reads headers only; writes nothing."
+        ),
+    )
+    p.add_argument("source", type=Path, help="folder with the DICOM export (or one file)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
+    p.add_argument("--workers", type=int, default=None, help="header-reading processes (default: CPUs available)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `classify`; returns the exit status (2 with a message on stderr for a bad source)."""
+    from tasks.classify import classify_source, format_rows
+
+    if not Path(args.source).exists():
+        print(f"mrifoundry classify: error: source {args.source} does not exist; pass a DICOM folder", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"mrifoundry classify: error: --workers {args.workers} must be at least 1", file=sys.stderr)
+        return 2
+    rows = classify_source(Path(args.source), workers=args.workers)
+    sys.stdout.write(format_rows(rows, args.format))
+    if args.format == "json":
+        sys.stdout.write("\n")
+    return 0
