@@ -39,8 +39,10 @@ def truth(export):
 
 @pytest.fixture(scope="module")
 def run(export, prefect_harness, tmp_path_factory):
-    """Curate -> pretrain -> evaluate, then curate again; capture every log record."""
+    """Curate -> pretrain -> evaluate, then curate and pretrain again; capture every log record."""
+    from flows.curate import curate_flow
     from flows.pipeline import pipeline_flow
+    from flows.pretrain import pretrain_flow
 
     wh = tmp_path_factory.mktemp("warehouse")
     records: list[logging.LogRecord] = []
@@ -54,7 +56,10 @@ def run(export, prefect_harness, tmp_path_factory):
     root.addHandler(handler)
     try:
         first = pipeline_flow(str(export.dicom_dir), str(wh), labels_csv=str(export.labels_csv), steps=STEPS)
-        second = pipeline_flow(str(export.dicom_dir), str(wh), labels_csv=str(export.labels_csv), steps=STEPS)
+        second = {
+            "curate": curate_flow(str(export.dicom_dir), str(wh), labels_csv=str(export.labels_csv)),
+            "pretrain": pretrain_flow(str(wh), steps=STEPS),
+        }
     finally:
         root.removeHandler(handler)
     return {"warehouse": wh, "first": first, "second": second, "logs": records}
@@ -123,7 +128,7 @@ def test_evaluation_compares_pretrained_and_random(run):
 def test_second_run_does_no_work(run):
     first, second = run["first"]["curate"], run["second"]["curate"]
     assert second["series_processed"] == 0
-    assert second["series_unchanged"] == first["series_found"] - 0
+    assert second["series_unchanged"] == first["series_found"]
     assert second["new_shards"] == 0
     assert second["snapshot_id"] == first["snapshot_id"]
     m = Manifest(run["warehouse"])
@@ -179,3 +184,23 @@ def test_pseudonyms_are_keyed(run):
     assert ctx.key_file.exists() and (ctx.key_file.stat().st_mode & 0o077) == 0
     subjects = {r["subject_id"] for r in Manifest(run["warehouse"]).query("SELECT subject_id FROM series")}
     assert all(s.startswith("sub-") for s in subjects)
+
+
+def test_status_command_reports_the_warehouse(run, capsys):
+    from flows.cli import main
+
+    assert main(["status", "--warehouse", str(run["warehouse"]), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert {r["state"] for r in st["series_by_state"]} >= {"curated", "rejected"}
+    assert st["latest_checkpoint"]["snapshot_id"] == run["first"]["curate"]["snapshot_id"]
+    assert sum(r["n"] for r in st["volumes_by_decision"]) == Manifest(run["warehouse"]).count("volumes")
+    assert main(["status", "--warehouse", str(run["warehouse"])]) == 0
+    text = capsys.readouterr().out
+    assert "Volumes by class and QC decision" in text and "Latest checkpoint: ckpt-" in text
+
+
+def test_status_on_missing_warehouse_is_a_clear_error(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["status", "--warehouse", str(tmp_path / "nowhere")]) == 2
+    assert "mrifoundry curate" in capsys.readouterr().err
