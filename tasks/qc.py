@@ -101,16 +101,29 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def head_mask(data: np.ndarray) -> np.ndarray:
-    """The head: voxels above the Otsu threshold, largest connected component, holes filled."""
+    """The head: voxels above the Otsu threshold, largest connected component, holes filled.
+
+    Holes are filled in 3D and then slice by slice along every axis: on T1w the dark skull separates
+    the bright scalp from the brain, and where the scalp shell is open (neck, a cut field of view) a
+    3D fill alone leaves the whole brain outside the "head" and inside the background.
+    """
     from scipy import ndimage
 
     finite = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     mask = finite > otsu_threshold(finite)
+    mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_fill_holes(mask)
+    filled = mask.copy()
+    for axis in range(3):
+        for i in range(mask.shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = i
+            filled[tuple(index)] |= ndimage.binary_fill_holes(mask[tuple(index)])
+    return filled
 
 
 def background_mask(data: np.ndarray, zooms: tuple[float, ...], *, margin_mm: float = 10.0) -> np.ndarray:

@@ -204,3 +204,21 @@ def test_thresholds_are_frozen_and_configurable() -> None:
     strict = QCThresholds(min_fov_coverage=0.995)
     assert decide(GOOD, strict) == ("fail", ("fov_coverage_below_0.99",))
     assert t.similarity_floor("FLAIR") == 0.45 and t.similarity_floor(None) == t.min_similarity
+
+
+def test_background_excludes_brain_inside_an_open_scalp_shell():
+    """T1w: bright scalp, dark skull, brain inside, shell open at the neck (regression: the brain was
+    counted as background because a 3D hole fill cannot close an open shell)."""
+    from tasks.qc import background_mask
+
+    z, y, x = np.mgrid[:60, :60, :60]
+    r = np.sqrt((z - 35) ** 2 + (y - 30) ** 2 + (x - 30) ** 2)
+    img = np.random.default_rng(0).normal(20, 5, size=r.shape)
+    img[(r > 22) & (r < 25)] = 900  # scalp
+    img[r < 18] = 600  # brain; 18..22 stays dark like skull
+    img[:12, 20:40, 20:40] = 900  # neck, opening the shell downwards
+    img[:35][(r[:35] > 22) & (r[:35] < 25)] = 900
+    img[:14][(r[:14] < 25)] = 20  # cut the bottom of the shell open
+    bg = background_mask(img, (2.0, 2.0, 2.0), margin_mm=4.0)
+    assert not bg[r < 18].any()
+    assert img[bg].std() < 10
