@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flows import cli_dashboard
+
 DESCRIPTION = """\
 MRI Foundry: turn raw brain-MRI DICOM exports into a curated, QC'd training corpus and pretrain a
 JEPA-MoE foundation model on it. Every subcommand runs a Prefect flow (an ephemeral Prefect server
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="series by state and reason, volumes by class and QC decision, runs")
     s.add_argument("--warehouse", type=Path, required=True)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    cli_dashboard.add_parser(sub)
+
     v = sub.add_parser("serve", help="serve the scheduled/triggered deployments (needs `prefect server start`)")
     v.add_argument("--source", required=True, help="folder the nightly curation reads (the PACS drop folder)")
     v.add_argument("--warehouse", required=True)
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "dashboard":
+        return cli_dashboard.run(args)
     if args.command == "status":
         return print_status(args.warehouse, args.json)
     if args.command == "curate" and not args.source.is_dir():

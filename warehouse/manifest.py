@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,13 +20,31 @@ import duckdb
 
 from warehouse.schema import SCHEMA_VERSION, TABLES, table
 
-_WRITE_LOCK = threading.RLock()
+# Process-wide: DuckDB allows one writer per file, and refuses two threads opening one file at once.
+WRITE_LOCK = threading.RLock()
+_WRITE_LOCK = WRITE_LOCK
 MANIFEST_NAME = "manifest.duckdb"
+# Another process (the dashboard, a second flow) may hold the file for a few ms: retry that long.
+LOCK_RETRY_SECONDS = 10.0
 
 
 def now() -> datetime:
     """UTC wall-clock time without tzinfo, as DuckDB TIMESTAMP stores it."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _connect_with_retry(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting (with backoff) while another process holds its file lock."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class Manifest:
@@ -42,7 +61,7 @@ class Manifest:
                 f"no manifest at {self.path}; run `mrifoundry curate SOURCE --warehouse {self.root}` first"
             )
         self.root.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.path), read_only=read_only)
+        con = _connect_with_retry(self.path, read_only)
         try:
             yield con
         finally:
