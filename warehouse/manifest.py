@@ -72,6 +72,9 @@ class Manifest:
         with _WRITE_LOCK, self.connect() as con:
             for t in TABLES.values():
                 con.execute(t.ddl())
+                # Additive migration: columns added to the registry later appear in old warehouses.
+                for name, typ in t.columns:
+                    con.execute(f"ALTER TABLE {t.name} ADD COLUMN IF NOT EXISTS {name} {typ}")
             con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         return self

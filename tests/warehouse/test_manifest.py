@@ -88,3 +88,13 @@ def test_manifest_file_is_real_duckdb(manifest):
     con = duckdb.connect(str(manifest.path), read_only=True)
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     con.close()
+
+
+def test_init_adds_columns_registered_later(tmp_path):
+    m = Manifest(tmp_path)
+    with m.connect() as con:
+        con.execute("CREATE TABLE labels (subject_id VARCHAR PRIMARY KEY, lesion INTEGER)")
+        con.execute("INSERT INTO labels VALUES ('sub-1', 1)")
+    m.init()
+    rows = m.query("SELECT * FROM labels")
+    assert rows == [{"subject_id": "sub-1", "lesion": 1, "enlarged_ventricles": None, "updated_at": None}]
