@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows import cli_dashboard
+from flows import cli_classify, cli_dashboard
 
 DESCRIPTION = """\
 MRI Foundry: turn raw brain-MRI DICOM exports into a curated, QC'd training corpus and pretrain a
@@ -55,7 +55,7 @@ def print_status(warehouse: Path, as_json: bool) -> int:
     for title, key in (
         ("Series by state and reason", "series_by_state"),
         ("Series by class", "series_by_class"),
-        ("Unreadable files", "rejected_files"),
+        ("Skipped files (unreadable, duplicate)", "rejected_files"),
         ("Volumes by class and QC decision", "volumes_by_decision"),
         ("QC reasons", "qc_reasons"),
         ("Snapshots", "snapshots"),
@@ -85,7 +85,7 @@ def print_demo_summary(result: dict[str, Any], seconds: float) -> None:
     print(f"  checkpoint: {pre['checkpoint_path']}")
     print(f"  report:     {ev['report']}")
     print(f"Series found per class: {cur['series_by_class']}")
-    print(f"Series rejected: {cur['rejections']}; unreadable files: {cur['rejected_files']}")
+    print(f"Series rejected: {cur['rejections']}; skipped files: {cur['rejected_files']}")
     kept = {}
     for label, decision, n in cur["volumes_by_decision"]:
         kept.setdefault(label, {})[decision] = n
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="series by state and reason, volumes by class and QC decision, runs")
     s.add_argument("--warehouse", type=Path, required=True)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    cli_classify.add_parser(sub)
     cli_dashboard.add_parser(sub)
 
     v = sub.add_parser("serve", help="serve the scheduled/triggered deployments (needs `prefect server start`)")
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "dashboard":
         return cli_dashboard.run(args)
+    if args.command == "classify":
+        return cli_classify.run(args)
     if args.command == "status":
         return print_status(args.warehouse, args.json)
     if args.command == "curate" and not args.source.is_dir():

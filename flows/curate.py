@@ -40,7 +40,7 @@ def curate_flow(
     units.record_run_task(ctx, "curate", started, "running", params)
     scan = units.scan_task(source)
     log.info(
-        "scanned %d files in %.1f s: %d series, %d unreadable files",
+        "scanned %d files in %.1f s: %d series, %d files skipped (unreadable or duplicate)",
         scan.n_files,
         scan.seconds,
         len(scan.series),
@@ -48,11 +48,12 @@ def curate_flow(
     )
     plan = units.record_task(ctx, source, scan)
     log.info(
-        "%d series to preprocess (%d unchanged, %d rejected, %d other)",
+        "%d series to preprocess (%d unchanged, %d rejected, %d other, %d held for class review)",
         len(plan.work),
         plan.n_unchanged,
         plan.n_rejected,
         plan.n_other,
+        plan.n_review,
     )
     if labels_csv:
         log.info("imported labels for %d subjects", units.labels_task(ctx, labels_csv))

@@ -1,35 +1,48 @@
 """Series classification into T1w / T2w / FLAIR / other, from header physics first, keywords second.
 
-Physics (TR, TE, TI, flip angle, ScanningSequence, SequenceVariant, MRAcquisitionType, ImageType) is
-what the scanner actually did, and it is written by the scanner, not by a technologist; descriptions
-are free text that follow site habits ("anat_cz1", "ImageMRSERIES"). Keywords still matter: physics
-cannot tell a T1-weighted field-map magnitude or a time-of-flight angiogram from a T1w spoiled
-gradient echo, and vendor names (MPRAGE, SPACE, CUBE, ...) disambiguate borderline timings.
+Physics (TR, TE, TI, flip angle, ScanningSequence, SequenceVariant, MRAcquisitionType, ImageType,
+AngioFlag, and the vendor-private facts ingest reads: Philips' inversion delay and EPI factor, GE's
+phase/magnitude flag) is what the scanner actually did, and it is written by the scanner, not by a
+technologist; descriptions are free text that follow site habits ("anat_cz1", "ImageMRSERIES").
+Keywords still matter: physics cannot tell a T1-weighted field-map magnitude or a time-of-flight
+angiogram from a T1w spoiled gradient echo, and vendor names (MPRAGE, SPACE, CUBE, ...) disambiguate
+borderline timings.
 
 Decision rules, in order:
 1. A keyword naming a non-structural acquisition (diffusion, BOLD, field map, ASL, SWI/T2*, angio,
    PD, double IR, MP2RAGE inversions, quantitative maps, spectroscopy) makes the series "other",
    even against T1-like physics (a field-map magnitude *is* a T1-ish gradient echo); that is not
    sent to review, only its confidence is lowered.
-2. Physics that is itself non-structural (EPI readout, DIFFUSION/PHASE/PERFUSION ImageType, T2*
-   gradient echo, PD timing, STIR) makes it "other".
+2. Physics that is itself non-structural (EPI readout or EPI factor > 1, DIFFUSION/PHASE/PERFUSION
+   ImageType or a private phase flag, AngioFlag, T2* gradient echo, PD timing, STIR, an
+   inversion-prepared gradient echo repeated only every >= 4 s as MP2RAGE does) makes it "other".
 3. Otherwise the physics label is used; a description keyword that agrees raises the confidence, one
    that names another structural class sends the series to review (the stronger side wins the label).
 4. With no physics verdict, an explicit keyword decides with lower confidence; with nothing at all the
-   series is "other" and goes to review.
+   series is "other" and goes to review. Keywords are looked for in SeriesDescription, then
+   ProtocolName (Philips' "WIP" prefix and "SENSE" suffix stripped), then the sequence names.
+5. A header with only timing (no sequence type, no description) keeps its physics label at reduced
+   confidence, below the review threshold: a human confirms it.
 
 Thresholds (ms) follow MR physics, not one dataset: T2-FLAIR nulls CSF with TI ~1.5-2.8 s and needs a
 long TE; inversion-prepared short-TE sequences with TI 0.3-1.4 s (MPRAGE, BRAVO, T1-FLAIR) are T1w;
 a spin echo with TR >= 1.8 s and TE >= 80 ms is T2w (ezBIDS uses TE > 100 ms; we accept 80-100 ms
-only when the sequence type is known to be spin echo).
+only when the sequence type is known to be spin echo). A 3D T2-FLAIR (CUBE/SPACE/VISTA) nulls CSF
+at TI 1.6-1.9 s and is FLAIR even where a dataset files it as T2w (see bench/classify_accuracy.py).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-from tasks.ingest import SeriesHeader
+from tasks.ingest import SeriesHeader, header_from_dataset, scan_source
 
 STRUCTURAL = ("T1w", "T2w", "FLAIR")
 LABELS = (*STRUCTURAL, "other")
@@ -89,9 +102,15 @@ def _physics(h: SeriesHeader) -> _Evidence:
             return _Evidence("other", 0.9, f"ImageType {token} ({_NON_STRUCTURAL_TYPES[token]})")
     if any(t in _PHASE_TYPES for t in it[2:]):
         return _Evidence("other", 0.9, "ImageType marks a phase/real/imaginary image, not magnitude")
+    if h.complex_part in ("PHASE", "REAL", "IMAGINARY"):
+        return _Evidence("other", 0.9, f"{h.complex_part.lower()} image (vendor private image kind), not magnitude")
+    if h.angio_flag or any(o.startswith("TOF") for o in h.scan_options):
+        return _Evidence("other", 0.8, "the scanner flags an angiography acquisition (AngioFlag Y / TOF scan option)")
     seq = set(h.scanning_sequence)
     if "EP" in seq:
         return _Evidence("other", 0.9, "echo-planar readout (ScanningSequence EP: fMRI/DWI/field map)")
+    if h.epi_factor is not None and h.epi_factor > 1:
+        return _Evidence("other", 0.9, f"echo-planar readout (EPI factor {h.epi_factor}: fMRI/DWI/ASL)")
     tr, te, ti, fa = h.repetition_time, h.echo_time, h.inversion_time, h.flip_angle
     if te is None and tr is None:
         return _NONE
@@ -115,6 +134,9 @@ def _physics(h: SeriesHeader) -> _Evidence:
             return ev("FLAIR", 0.9, "inversion recovery with TI >= 1400 ms and TE >= 70 ms (fluid-nulled T2)")
         if ti >= 1400 and te < 30:
             return ev("other", 0.6, "long TI with short TE (PD-like inversion image, e.g. MP2RAGE INV2)")
+        if 300 <= ti < 1400 and te < 30 and gre and tr is not None and tr >= 4000:
+            # MPRAGE repeats every 1.5-3 s; MP2RAGE/MPnRAGE need >= 4 s for the second inversion image
+            return ev("other", 0.6, "inversion-prepared gradient echo with TR >= 4000 ms (MP2RAGE inversion image)")
         if 300 <= ti < 1400 and te < 30:
             return ev("T1w", 0.9, "inversion-prepared, TI 300-1400 ms with short TE (MPRAGE/BRAVO/T1-FLAIR)")
         if ti < 300:
@@ -131,6 +153,13 @@ def _physics(h: SeriesHeader) -> _Evidence:
         if tr is not None and tr <= 50 and te < 10:
             if fa is not None and fa < 6:
                 return ev("other", 0.6, f"gradient echo with flip angle {fa:g} deg < 6 (PD-weighted)")
+            if "MTC" in h.sequence_variant:
+                return ev("other", 0.6, "spoiled gradient echo with magnetization transfer (TOF angiography / MT)")
+            etl = h.echo_train_length
+            if etl is not None and 2 <= etl <= 16 and ti is None and "MP" not in h.sequence_variant:
+                # A T1w FLASH/SPGR reads one echo per excitation; several echoes without a preparation
+                # pulse are a multi-echo GRE for T2*/QSM/relaxometry (or a field map).
+                return ev("other", 0.6, f"multi-echo gradient echo ({etl} echoes, no preparation: T2*/QSM)")
             if "MP" in h.sequence_variant:
                 return ev("T1w", 0.9, "magnetization-prepared gradient echo with short TR/TE (T1 TFE/MPRAGE)")
             return ev("T1w", 0.75, "spoiled gradient echo with short TR/TE (T1-weighted)")
@@ -167,7 +196,10 @@ _OTHER_KEYWORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("functional", _rx(rf"{_L}bold|fmri|epi{_R}|{_L}ep2d|{_L}rest(ing)?{_R}|{_L}task|n-?back|sbref|mbep")),
     (
         "field map",
-        _rx(rf"field[-_ ]?map|{_L}fmap|{_L}b[01][-_ ]?map|{_L}tb1|gre_field|{_L}pepolar|{_L}topup|b0[-_ ]?shim"),
+        _rx(
+            rf"field[-_ ]?map|{_L}fmap|{_L}b[01][-_ ]?map|{_L}tb1|gre_field|{_L}pepolar|{_L}topup|b0[-_ ]?shim|"
+            rf"(?<![a-z0-9])b0(?![a-z0-9])"
+        ),
     ),
     ("perfusion/ASL", _rx(rf"asl{_R}|{_L}perf(usion)?|{_L}cbf{_R}|{_L}dsc{_R}|{_L}dce{_R}|{_L}m0{_R}")),
     (
@@ -194,13 +226,21 @@ _T2 = _rx(r"(?<![0-9])t2(w|[-_ ]?weighted)?(?![0-9a-z*])")
 # Vendor readout names: they name a readout, not a contrast (T1 SPACE and PD TSE exist), so weak.
 _T2_READOUT = _rx(rf"{_L}(tse|fse|frfse|ssfse|space|spc|cube|vista|blade|propeller|haste|rare){_R}")
 # Siemens/GE sequence names (SequenceName/PulseSequenceName) for non-structural sequences.
+# Old dcm2niix sidecars wrote Siemens' leading "*" as "_"; accept both.
 _OTHER_SEQNAME = (
-    ("EPI sequence", _rx(r"^\*?(ep|epfid|epse|ep_b|ep2d|epi)")),
-    ("field-map sequence", _rx(r"^\*?fm[23]d")),
-    ("SWI sequence", _rx(r"^\*?swi")),
+    ("EPI sequence", _rx(r"^[*_]?(ep|epfid|epse|ep_b|ep2d|epi)")),
+    ("field-map sequence", _rx(r"^[*_]?fm[23]d")),
+    ("SWI sequence", _rx(r"^[*_]?swi")),
+    ("TOF angiography sequence (TONE ramp)", _rx(r"^[*_]?fl3d\d*r?_t\d")),
 )
-_SEQNAME_T1 = _rx(r"^\*?(tfl|fl3d)")
-_SEQNAME_T2 = _rx(r"^\*?(tse|spc|tseb|spcr)(?!ir)")
+_SEQNAME_T1 = _rx(r"^[*_]?(tfl|fl3d)")
+_SEQNAME_T2 = _rx(r"^[*_]?(tse|spc|tseb|spcr)(?!ir)")
+# Vendor private sequence names (Philips scanning technique, GE pulse sequence name).
+_VENDOR_OTHER = _rx(r"epi|^fe_?epi|^se_?epi|^fm|swan|^tof|pcasl|^asl")
+_VENDOR_T1 = _rx(r"^t1tfe$|mp-?rage|bravo|efgre3d|spgr")
+# Philips prefixes work-in-progress protocols with "WIP" and appends "SENSE"/"CLEAR" when parallel
+# imaging is on; old converters also dropped the spaces ("WIPB0SENSE"). Strip both before matching.
+_PHILIPS_DECORATION = (_rx(r"^wip[-_ ]*"), _rx(r"[-_ ]*(sense|clear)$"))
 
 _CONTRAST = _rx(
     rf"{_L}(post|gd|gad\w*|gado\w*|contrast|ce|t1c|t1ce|km|kontrast){_R}|\+c{_R}|{_L}c\+|\+gd|mprage[-_ ]?ce"
@@ -208,8 +248,15 @@ _CONTRAST = _rx(
 _NO_CONTRAST = _rx(rf"{_L}(pre|non[-_ ]?contrast|nc|without|native){_R}")
 
 
+def _clean(text: str) -> str:
+    t = text.lower().strip()
+    for rx in _PHILIPS_DECORATION:
+        t = rx.sub("", t)
+    return t
+
+
 def _keyword_text(text: str, field: str) -> _Evidence:
-    t = text.lower()
+    t = _clean(text)
     if not t.strip():
         return _NONE
     for name, rx in _OTHER_KEYWORDS:
@@ -249,6 +296,11 @@ def _keywords(h: SeriesHeader) -> _Evidence:
         return _Evidence("T1w", 0.5, f"SequenceName '{h.sequence_name}' (turbo FLASH/FLASH 3D)")
     if _SEQNAME_T2.search(name):
         return _Evidence("T2w", 0.5, f"SequenceName '{h.sequence_name}' (TSE/SPACE readout)")
+    vendor = h.vendor_sequence.lower()
+    if vendor and _VENDOR_OTHER.search(vendor):
+        return _Evidence("other", 0.7, f"vendor sequence '{h.vendor_sequence}' (EPI/field map/SWI/ASL/angio)")
+    if vendor and _VENDOR_T1.search(vendor):
+        return _Evidence("T1w", 0.5, f"vendor sequence '{h.vendor_sequence}' (T1 turbo gradient echo)")
     return _NONE
 
 
@@ -324,3 +376,95 @@ def classify_series(h: SeriesHeader) -> Classification:
         explanation=f"{label} because {why}",
         needs_review=review,
     )
+
+
+def classify_dataset(ds: Any) -> Classification:
+    """Classify one DICOM instance (a pydicom Dataset, classic or enhanced) of a series.
+
+    The public entry point for a single header: it normalises the header exactly as the scan does
+    (`tasks.ingest.header_from_dataset`) and applies `classify_series`, so a header classified here
+    gets the label the curation flow would give its series.
+    """
+    return classify_series(header_from_dataset(ds))
+
+
+# --------------------------------------------------------------------------------------------------
+# `mrifoundry classify SOURCE`: one row per series of a folder
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One line of `mrifoundry classify`. Holds the raw SeriesInstanceUID: printed for the operator
+    who ran the command on their own export, never persisted (the manifest keys series by pseudonym).
+    """
+
+    series_instance_uid: str
+    series_number: int | None
+    series_description: str
+    label: str
+    contrast_enhanced: bool
+    confidence: float
+    needs_review: bool
+    explanation: str
+    rejection: str
+
+
+ROW_FIELDS = tuple(SeriesRow.__dataclass_fields__)
+FORMATS = ("csv", "json")
+
+
+def classify_source(source: Path, *, workers: int | None = None) -> list[SeriesRow]:
+    """Scan `source` and classify every series in it, with the same code the curation flow runs.
+
+    A series that ingest rejects (localizer, derived, too few slices, ...) is listed as "other" with
+    the rejection reason instead of a classification: the flow never classifies it either.
+    """
+    scan = scan_source(Path(source), workers=workers)
+    rows = []
+    for rec in scan.series:
+        h = rec.header
+        description = h.series_description or h.protocol_name
+        if rec.rejection:
+            rows.append(
+                SeriesRow(
+                    rec.series_uid,
+                    h.series_number,
+                    description,
+                    "other",
+                    False,
+                    1.0,
+                    False,
+                    f"other because ingest rejected the series: {rec.rejection} ({rec.rejection_detail})",
+                    rec.rejection,
+                )
+            )
+            continue
+        c = classify_series(h)
+        rows.append(
+            SeriesRow(
+                rec.series_uid,
+                h.series_number,
+                description,
+                c.label,
+                c.contrast_enhanced,
+                c.confidence,
+                c.needs_review,
+                c.explanation,
+                "",
+            )
+        )
+    return rows
+
+
+def format_rows(rows: Sequence[SeriesRow], fmt: str) -> str:
+    """Rows as CSV (header line + one line per series) or as a JSON list of objects."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps([asdict(r) for r in rows], indent=2)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(asdict(r))
+    return out.getvalue()

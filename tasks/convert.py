@@ -9,6 +9,15 @@ flipped. Comparing outputs therefore always happens in world coordinates.
 A stack that is not a regular grid is refused rather than converted: a volume with non-uniform
 slice spacing or a sheared (gantry-tilted) grid cannot be described by an orthogonal NIfTI affine,
 and silently writing one corrupts every later step (registration, patching) without any error.
+A 4D series is refused before any conversion when only 3D is wanted (its repeated slice positions
+say so), so a 300-volume BOLD run costs a header read, not a conversion.
+
+Every volume is also checked against the series' own headers before it is written: its eight corner
+voxels must land where ImagePositionPatient / ImageOrientationPatient / PixelSpacing put them (1 mm)
+and its voxel size must match. A converter whose grid fails that check (flipped slice order, shifted
+origin) is treated like one that crashed: the other converter is tried, and if both fail the series
+is rejected with both reasons. Siemens mosaics are the exception (their position refers to the
+whole tile; both converters read the true slice positions from the CSA header).
 """
 
 from __future__ import annotations
@@ -40,10 +49,32 @@ _REFUSED = {
     "NON_IMAGING_DICOM_FILES": "files without pixel data",
 }
 _DCM2NIIX_TIMEOUT_S = 600
+# A converted grid must put its corner voxels within this distance of where the DICOM headers put them.
+GEOMETRY_TOLERANCE_MM = 1.0
 
 
 class ConversionError(Exception):
     """The series cannot be turned into one trustworthy volume; the message says why."""
+
+
+class _Refused(ConversionError):
+    """The stack is not one regular grid (or is 4D when 3D was asked): no converter may try it."""
+
+
+def _finish(img: nib.Nifti1Image, allow_4d: bool) -> nib.Nifti1Image:
+    """RAS-canonical 3D (or allowed 4D) volume on an orthogonal grid, or a refusal/error."""
+    img = nib.as_closest_canonical(img)
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = img.slicer[..., 0]
+    if img.ndim > 3 and not allow_4d:
+        raise _Refused(
+            f"4D series (shape {tuple(img.shape)}): time series or multi-echo, not one 3D volume; "
+            f"pass allow_4d=True if that is intended"
+        )
+    if img.ndim < 3:
+        raise ConversionError(f"{img.ndim}D result (shape {tuple(img.shape)}): not a volume")
+    _check_grid(img.affine)
+    return img
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,7 @@ def _dicom2nifti(staged: Sequence[Path], scratch: Path) -> nib.Nifti1Image:
     except (d2n_exc.ConversionValidationError, d2n_exc.ConversionError) as err:
         code = str(err.args[0]) if err.args else type(err).__name__
         if code in _REFUSED:
-            raise ConversionError(f"refused: {_REFUSED[code]} (dicom2nifti {code})") from err
+            raise _Refused(f"refused: {_REFUSED[code]} (dicom2nifti {code})") from err
         raise
     finally:
         d2n_logger.setLevel(level)
@@ -150,6 +181,89 @@ def _check_grid(affine: np.ndarray) -> None:
         raise ConversionError(f"refused: sheared voxel grid (axes off-orthogonal by {off:.3g}); gantry tilt?")
 
 
+@dataclass(frozen=True)
+class DicomGrid:
+    """Where the DICOM headers put the volume: its 8 corner voxel centres (LPS mm) and voxel size.
+
+    Built from the instances' own ImagePositionPatient / ImageOrientationPatient / PixelSpacing,
+    independently of either converter, so a converter that mislays the grid (flipped, shifted,
+    wrong slice order or spacing) is caught instead of written.
+    """
+
+    corners_lps: tuple[tuple[float, float, float], ...]
+    voxel_size: tuple[float, float, float]
+
+
+def dicom_layout(files: Sequence[Path]) -> tuple[DicomGrid | None, int]:
+    """(expected grid, number of volumes) of a series from its own headers.
+
+    The grid is None when the headers cannot say where the voxels go (Siemens mosaics, whose
+    position refers to the whole tile; unreadable files; broken stacks, which the converters refuse
+    anyway). The volume count lets a 4D series be refused before anything is converted.
+    """
+    from tasks.ingest import read_file, series_geometry
+
+    infos = [read_file(Path(f)) for f in files]
+    if not infos or any(not hasattr(i, "positions") for i in infos):
+        return None, 1
+    orientations = [o for i in infos for o in i.orientations]
+    positions = [p for i in infos for p in i.positions]
+    if any(i.mosaic_slices for i in infos):  # one mosaic instance holds one whole volume
+        return None, max(len(infos) // max(len(set(positions)), 1), 1)
+    if not all(i.has_geometry for i in infos):
+        return None, 1
+    geometry = series_geometry(orientations, positions)
+    if geometry.problem or geometry.n_orientations != 1 or geometry.n_slices < 2:
+        return None, geometry.n_volumes
+    iop = np.asarray(orientations[0], dtype=float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    pts = np.asarray(positions, dtype=float)
+    along = pts @ normal
+    first, last = pts[int(np.argmin(along))], pts[int(np.argmax(along))]
+    header = infos[0].header
+    row_spacing, col_spacing = header.pixel_spacing  # type: ignore[misc]
+    slice_gap = float(np.ptp(along)) / (geometry.n_slices - 1)
+    corners = []
+    for origin in (first, last):
+        for c in (0, header.columns - 1):
+            for r in (0, header.rows - 1):
+                p = origin + c * col_spacing * row_dir + r * row_spacing * col_dir
+                corners.append(tuple(float(v) for v in p))
+    grid = DicomGrid(tuple(corners), (float(row_spacing), float(col_spacing), slice_gap))  # type: ignore[arg-type]
+    return grid, geometry.n_volumes
+
+
+def dicom_grid(files: Sequence[Path]) -> DicomGrid | None:
+    """Where the series' own headers put its voxel grid (see `dicom_layout`)."""
+    return dicom_layout(files)[0]
+
+
+def _check_against_dicom(
+    img: nib.Nifti1Image, expected: DicomGrid | None, tol_mm: float = GEOMETRY_TOLERANCE_MM
+) -> None:
+    """Raise ConversionError when the volume's grid is not where the DICOM headers put it."""
+    if expected is None:
+        return
+    shape = np.asarray(img.shape[:3])
+    idx = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    ras = nib.affines.apply_affine(img.affine, idx)
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    want = np.asarray(expected.corners_lps)
+    dist = np.linalg.norm(want[:, None, :] - lps[None, :, :], axis=2).min(axis=1)
+    if dist.max() > tol_mm:
+        raise ConversionError(
+            f"converted grid is not where the DICOM headers put it: a corner is {dist.max():.2f} mm off "
+            f"(tolerance {tol_mm} mm)"
+        )
+    zooms = sorted(float(z) for z in img.header.get_zooms()[:3])
+    if not np.allclose(zooms, sorted(expected.voxel_size), rtol=1e-3, atol=1e-3):
+        raise ConversionError(
+            f"converted voxel size {tuple(round(z, 4) for z in zooms)} mm differs from the DICOM "
+            f"{tuple(round(v, 4) for v in sorted(expected.voxel_size))} mm"
+        )
+
+
 def _write_atomic(img: nib.Nifti1Image, out_path: Path) -> None:
     suffix = ".nii.gz" if out_path.name.endswith(".gz") else ".nii"
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
@@ -179,33 +293,38 @@ def convert_series(files: Sequence[Path], out_path: Path, *, allow_4d: bool = Fa
     if not (out_path.name.endswith(".nii.gz") or out_path.name.endswith(".nii")):
         raise ConversionError(f"output {out_path} must end in .nii.gz or .nii")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    expected, n_volumes = dicom_layout(files)
+    if n_volumes > 1 and not allow_4d:
+        raise _Refused(
+            f"4D series ({n_volumes} volumes at the same slice positions): time series or multi-echo, not one "
+            f"3D volume; pass allow_4d=True if that is intended"
+        )
     with tempfile.TemporaryDirectory(prefix="mrifoundry-convert-") as tmp:
         try:
             staged = _stage(files, Path(tmp) / "dicom")
         except (OSError, EOFError) as err:  # missing, unreadable or truncated-gzip input
             raise ConversionError(f"cannot stage the input files: {type(err).__name__}: {err}") from err
-        try:
-            img, converter = _dicom2nifti(staged, Path(tmp) / "dicom2nifti.nii"), "dicom2nifti"
-        except ConversionError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any dicom2nifti failure triggers the fallback
-            first = f"dicom2nifti: {type(err).__name__}: {err}"
-            log.info("%s; falling back to dcm2niix", first)
+        failures: list[str] = []
+        img = None
+        converter = ""
+        for name in ("dicom2nifti", "dcm2niix"):
             try:
-                img, converter = _dcm2niix(Path(tmp) / "dicom", Path(tmp) / "out"), "dcm2niix"
-            except ConversionError as err2:
-                raise ConversionError(f"both converters failed. {first}. dcm2niix: {err2}") from err2
-        img = nib.as_closest_canonical(img)
-        if img.ndim == 4 and img.shape[3] == 1:
-            img = img.slicer[..., 0]
-        if img.ndim > 3 and not allow_4d:
-            raise ConversionError(
-                f"4D series (shape {tuple(img.shape)}): time series or multi-echo, not one 3D volume; "
-                f"pass allow_4d=True if that is intended"
-            )
-        if img.ndim < 3:
-            raise ConversionError(f"{img.ndim}D result (shape {tuple(img.shape)}): not a volume")
-        _check_grid(img.affine)
+                if name == "dicom2nifti":
+                    raw = _dicom2nifti(staged, Path(tmp) / "dicom2nifti.nii")
+                else:
+                    raw = _dcm2niix(Path(tmp) / "dicom", Path(tmp) / "out")
+                candidate = _finish(raw, allow_4d)
+                _check_against_dicom(candidate, expected)
+            except _Refused:
+                raise
+            except Exception as err:  # noqa: BLE001 - any converter failure triggers the next one
+                failures.append(f"{name}: {type(err).__name__}: {err}")
+                log.info("%s failed (%s)%s", name, err, "; trying dcm2niix" if name == "dicom2nifti" else "")
+                continue
+            img, converter = candidate, name
+            break
+        if img is None:
+            raise ConversionError(f"both converters failed. {'. '.join(failures)}")
         _write_atomic(img, out_path)
     affine = np.asarray(img.affine, dtype=float)
     return ConversionResult(

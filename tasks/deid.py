@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import secrets
 import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -110,6 +113,10 @@ class Pseudonymizer:
         """Subject pseudonym, e.g. "sub-1a2b3c4d5e6f7a8b" (BIDS-style label)."""
         return self._token("subject", "sub-", patient_id)
 
+    def folder(self, relative_dir: str) -> str:
+        """Pseudonym of a source folder: PACS exports often name folders after patients or dates."""
+        return self._token("folder", "dir-", relative_dir)
+
     def study(self, study_uid: str) -> str:
         return self._token("study", "ses-", study_uid)
 
@@ -138,3 +145,78 @@ class Pseudonymizer:
             return (d + timedelta(days=self.date_shift_days(patient_id))).isoformat()
         except OverflowError:
             return None
+
+
+# --------------------------------------------------------------------------------------------------
+# PHI sweep: prove that identifying values of the inputs appear nowhere in the outputs
+
+# The identifiers PS3.15 Annex E's basic profile removes that a curated corpus could leak by accident.
+PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
+# Shorter values ("M", "1") would match everywhere by chance and prove nothing.
+MIN_PHI_CHARS = 3
+
+
+def phi_values(files: Iterable[Path]) -> dict[str, set[str]]:
+    """Identifying values found in DICOM files, by keyword (non-DICOM files are skipped).
+
+    Person names also contribute their components (family, given name), since an output could hold
+    "Regression" without "Test^Regression".
+    """
+    import gzip
+
+    import pydicom
+
+    found: dict[str, set[str]] = {k: set() for k in PHI_KEYWORDS}
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+                f.seek(0)
+                fp = io.BytesIO(gzip.decompress(f.read())) if head == b"\x1f\x8b" else io.BytesIO(f.read())
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(PHI_KEYWORDS))
+        except Exception:  # noqa: BLE001 - not DICOM (READMEs, NIfTI): nothing to collect
+            continue
+        for keyword in PHI_KEYWORDS:
+            value = str(ds.get(keyword, "") or "").strip()
+            if not value:
+                continue
+            parts = {value, *(p.strip() for p in value.replace("=", "^").split("^"))}
+            found[keyword].update(p for p in parts if len(p) >= MIN_PHI_CHARS)
+    return found
+
+
+@dataclass(frozen=True)
+class PhiHit:
+    keyword: str
+    value_length: int  # the value itself is PHI: report where, not what
+    where: str
+
+
+def find_phi(values: dict[str, set[str]], outputs: dict[str, bytes | str]) -> list[PhiHit]:
+    """Every place (output name) where one of `values` occurs, as text or raw bytes.
+
+    Case-sensitive. A value with a digit or punctuation in it ("d2n_Philips_3T_R571", "19800501")
+    is specific enough to be searched as a plain substring; a purely alphabetic one ("dicom", "NIH")
+    must stand as its own word (no letter, digit or underscore beside it), so a patient called
+    "dicom" is found in "name=dicom" but not in "dicom2nifti", "not_dicom" or "DICOM data set".
+
+    Args:
+        values: keyword -> identifying values, from `phi_values`.
+        outputs: name -> content (a dumped manifest table, a file's bytes, a log).
+    """
+    import re
+
+    patterns = []
+    for keyword, vals in values.items():
+        for v in sorted(vals):
+            body = re.escape(v.encode("utf-8"))
+            if v.isalpha():
+                body = rb"(?<![A-Za-z0-9_])" + body + rb"(?![A-Za-z0-9_])"
+            patterns.append((keyword, len(v), re.compile(body)))
+    hits = []
+    for where, content in outputs.items():
+        blob = content.encode("utf-8", "replace") if isinstance(content, str) else content
+        for keyword, length, rx in patterns:
+            if rx.search(blob):
+                hits.append(PhiHit(keyword, length, where))
+    return hits

@@ -15,6 +15,7 @@ from tasks.classify import classify_series
 from tasks.context import PIPELINE_VERSION, WarehouseContext
 from tasks.deid import Pseudonymizer
 from tasks.ingest import ScanResult, SeriesRecord
+from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now
 from warehouse.queries import done_series
 
@@ -50,6 +51,7 @@ class ScanPlan:
     n_rejected: int
     n_other: int
     n_rejected_files: int
+    n_review: int = 0
 
     def ordered(self) -> tuple[WorkItem, ...]:
         """T1w first: T2w/FLAIR of the same study reuse the T1w brain mask."""
@@ -100,7 +102,7 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
         (
             {
                 "source_id": src,
-                "relpath": _relpath(f.path, source),
+                "relpath": _relpath(f.path, source, p),
                 "reason": f.reason,
                 "detail": f.detail,
                 "run_id": ctx.run_id,
@@ -110,7 +112,8 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
         ),
     )
     series_rows, class_rows, work = [], [], []
-    n_unchanged = n_rejected = n_other = 0
+    n_unchanged = n_rejected = n_other = n_review = 0
+    overrides = load_overrides(m)
     for rec in scan.series:
         key = p.series(rec.series_uid)
         if done.get(key) == rec.sop_hash:
@@ -120,7 +123,7 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
             n_rejected += 1
             series_rows.append(_series_row(ctx, rec, p, "rejected", rec.rejection, rec.rejection_detail))
             continue
-        c = classify_series(rec.header)
+        c = apply_overrides(m, key, classify_series(rec.header), overrides)
         class_rows.append(
             {
                 "series_key": key,
@@ -132,9 +135,13 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
                 "updated_at": now(),
             }
         )
-        if c.label not in CURATED_CLASSES:
-            n_other += 1
-            series_rows.append(_series_row(ctx, rec, p, "skipped", "class_other", c.explanation))
+        state, reason = curation_state(c)
+        if state != "classified":
+            # "skipped" (class other) is final; "review" (keywords vs physics disagree, or low
+            # confidence) is held until a reviewer labels it, and re-examined by every run.
+            n_other += state == "skipped"
+            n_review += state != "skipped"
+            series_rows.append(_series_row(ctx, rec, p, state, reason, c.explanation))
             continue
         series_rows.append(_series_row(ctx, rec, p, "classified", None, c.explanation))
         work.append(
@@ -158,14 +165,19 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
         n_rejected=n_rejected,
         n_other=n_other,
         n_rejected_files=len(scan.rejected_files),
+        n_review=n_review,
     )
 
 
-def _relpath(path: Path, source: Path) -> str:
+def _relpath(path: Path, source: Path, p: Pseudonymizer) -> str:
+    """Pseudonymised folder + file name: folder names in PACS exports can carry names and dates,
+    file names are instance numbers. The keyed folder token still groups files of one folder."""
     try:
-        return str(Path(path).resolve().relative_to(Path(source).resolve()))
+        rel = Path(path).resolve().relative_to(Path(source).resolve())
     except ValueError:
-        return Path(path).name
+        rel = Path(Path(path).name)
+    parent = str(rel.parent)
+    return rel.name if parent == "." else f"{p.folder(parent)}/{rel.name}"
 
 
 def mark_series(ctx: WarehouseContext, item: WorkItem, state: str, reason: str | None, detail: str) -> None:

@@ -137,7 +137,7 @@ def write_report(ctx: WarehouseContext) -> Path:
         _table(st["series_by_state"]),
         "<h2>Series by class</h2>",
         _table(st["series_by_class"]),
-        "<h2>Unreadable files</h2>",
+        "<h2>Skipped files (unreadable, truncated, duplicate)</h2>",
         _table(st["rejected_files"]),
         "<h2>Volumes by QC decision</h2>",
         _table(st["volumes_by_decision"]),

@@ -24,6 +24,7 @@ def curation_summary(ctx: WarehouseContext, scan_files: int, plan: ScanPlan, bui
         "series_processed": len(plan.work),
         "series_rejected": plan.n_rejected,
         "series_other": plan.n_other,
+        "series_held_for_review": plan.n_review,
         "files_rejected": plan.n_rejected_files,
         "series_by_class": {r["label"]: r["n"] for r in st["series_by_class"]},
         "volumes_by_decision": [(r["label"], r["decision"], r["n"]) for r in st["volumes_by_decision"]],

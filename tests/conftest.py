@@ -19,6 +19,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dicom_data(shared_data: Path) -> Path:
+    """../shared/data/dicom: the real vendor exports (Philips, Siemens, GE) with dcm2niix references."""
+    return shared_data / "dicom"
+
+
+@pytest.fixture(scope="session")
 def philips_flat_gunzipped(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 662 Philips .dcm.gz files of philips_flat_folder, inflated into one flat tmp folder."""
     out = tmp_path_factory.mktemp("philips_flat_gunzipped")

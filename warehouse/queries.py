@@ -108,3 +108,61 @@ def status(m: Manifest) -> dict[str, Any]:
             "WHERE run_id = (SELECT run_id FROM evaluations ORDER BY created_at DESC LIMIT 1) ORDER BY encoder"
         ),
     }
+
+
+# --- Sequence-class review queue (tasks.review) ---------------------------------------------------
+
+
+def pending_class_reviews(m: Manifest) -> list[dict[str, Any]]:
+    """Series whose automatic class needs a human and that no reviewer has labelled yet, least sure first.
+
+    Pseudonymised columns only (like the QC dashboard's queries): the classifier's explanation names
+    the evidence, the free-text SeriesDescription itself stays out.
+    """
+    return m.query(
+        """
+        SELECT c.series_key, s.subject_id, s.study_id, s.series_number, s.state,
+               c.label AS auto_label, c.confidence, c.explanation, c.updated_at
+        FROM classification c LEFT JOIN series s USING (series_key)
+        LEFT JOIN class_reviews r USING (series_key)
+        WHERE c.needs_review AND r.series_key IS NULL
+        ORDER BY c.confidence, c.series_key
+        """
+    )
+
+
+def class_review(m: Manifest, series_key: str) -> dict[str, Any] | None:
+    """The reviewer's label of one series, or None."""
+    rows = m.query(
+        "SELECT series_key, label, reviewer, note, updated_at FROM class_reviews WHERE series_key = ?", [series_key]
+    )
+    return rows[0] if rows else None
+
+
+def class_reviews(m: Manifest) -> list[dict[str, Any]]:
+    """Every reviewer label with the automatic one beside it, newest first."""
+    return m.query(
+        """
+        SELECT r.series_key, r.label, c.label AS auto_label, r.reviewer, r.note, r.updated_at
+        FROM class_reviews r LEFT JOIN classification c USING (series_key)
+        ORDER BY r.updated_at DESC, r.series_key
+        """
+    )
+
+
+def series_exists(m: Manifest, series_key: str) -> bool:
+    return bool(m.scalar("SELECT count(*) FROM series WHERE series_key = ?", [series_key]))
+
+
+def reopen_series_for_review(m: Manifest, series_key: str, run_id: str, when: Any) -> None:
+    """Take a finished series out of the done set so the next curation run applies its new label.
+
+    `done_series` only skips final states; 'review' is not one, so the next `record_scan` re-classifies
+    the series and honours the reviewer's label. Rejected series stay rejected: ingest, not the
+    classifier, refused them.
+    """
+    m.execute(
+        "UPDATE series SET state = 'review', reason = 'review_label', run_id = ?, updated_at = ? "
+        "WHERE series_key = ? AND state <> 'rejected'",
+        [run_id, when, series_key],
+    )

@@ -217,6 +217,16 @@ TABLES: dict[str, Table] = {
             ("n_volumes", "INTEGER"),
             ("created_at", "TIMESTAMP"),
         ),
+        _t(
+            "class_reviews",
+            ("series_key",),
+            "Reviewers' sequence-class labels; they win over the automatic classification and survive reruns.",
+            ("series_key", "VARCHAR"),
+            ("label", "VARCHAR"),
+            ("reviewer", "VARCHAR"),
+            ("note", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
     )
 }
 

@@ -4,92 +4,83 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections import Counter
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from tasks.classify import classify_series
 from tasks.ingest import SeriesHeader, scan_source
 
-MIN_ACCURACY = 0.90
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "classify_accuracy.py"
+# Goals of issue 3 on the dev CSV: overall accuracy, and recall of each structural class.
+MIN_ACCURACY = 0.97
+MIN_RECALL = 0.95
 
 
-def _num(value: str, scale: float = 1.0) -> float | None:
-    try:
-        return float(value) * scale
-    except ValueError:
-        return None
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """bench/classify_accuracy.py, which turns CSV rows into scanner-written DICOM headers."""
+    spec = importlib.util.spec_from_file_location("bench_classify_accuracy", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def _codes(value: str) -> tuple[str, ...]:
-    """A list field of the CSV: `\\`-separated as in DICOM; some converters wrote `_` or `/` instead."""
-    value = value.strip()
-    if not value:
-        return ()
-    if "\\" in value:
-        parts = value.split("\\")
-    elif "/" in value:
-        parts = value.split("/")
-    elif "_" in value and "GEMS" not in value and len(value) <= 16:
-        parts = value.split("_")  # old dcm2niix: "GR_IR", "SK_SP_MP"
-    else:
-        parts = [value]
-    return tuple(p.strip().upper() for p in parts if p.strip())
-
-
-def header_from_row(row: dict[str, str]) -> SeriesHeader:
-    """A SeriesHeader from a BIDS sidecar row: times there are seconds, DICOM (and we) use ms."""
-    ti = _num(row["InversionTime"], 1000)
-    return SeriesHeader(
-        modality=row["Modality"] or "MR",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
-        manufacturer=row["Manufacturer"],
-        model_name=row["ManufacturersModelName"],
-        field_strength=_num(row["MagneticFieldStrength"]),
-        series_description=row["SeriesDescription"],
-        protocol_name=row["ProtocolName"],
-        sequence_name=row["SequenceName"] or row["PulseSequenceName"],
-        repetition_time=_num(row["RepetitionTime"], 1000),
-        echo_time=_num(row["EchoTime"], 1000),
-        inversion_time=ti if ti and ti > 0 else None,
-        flip_angle=_num(row["FlipAngle"]),
-        scanning_sequence=_codes(row["ScanningSequence"]),
-        sequence_variant=_codes(row["SequenceVariant"]),
-        scan_options=_codes(row["ScanOptions"]),
-        mr_acquisition_type=row["MRAcquisitionType"].upper(),
-        image_type=_codes(row["ImageType"]),
-        contrast_agent="",
-        rows=0,
-        columns=0,
-        pixel_spacing=None,
-        slice_thickness=_num(row["SliceThickness"]),
-        series_number=_num(row["SeriesNumber"]) and int(float(row["SeriesNumber"])),
-        study_date="",
-    )
-
-
-def test_dev_csv_accuracy(shared_data: Path) -> None:
+@pytest.fixture(scope="module")
+def dev_rows(shared_data: Path) -> list[dict[str, str]]:
     with open(shared_data / "series_metadata_dev.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) > 1000
-    pairs = [(row["label"], classify_series(header_from_row(row))) for row in rows]
-    confusion = Counter((truth, c.label) for truth, c in pairs)
-    accuracy = sum(n for (t, p), n in confusion.items() if t == p) / len(rows)
-    recall = {}
-    for label in ("T1w", "T2w", "FLAIR", "other"):
-        total = sum(n for (t, _), n in confusion.items() if t == label)
-        recall[label] = confusion[(label, label)] / total
-    caught = sum(1 for t, c in pairs if t != c.label and c.needs_review)
-    report = (
-        f"accuracy {accuracy:.4f} on {len(rows)} series; recall "
-        + ", ".join(f"{k} {v:.3f}" for k, v in recall.items())
-        + f"; confusion {dict(confusion)}; errors flagged for review: {caught}"
-    )
-    print(report)
-    assert accuracy >= MIN_ACCURACY, report
-    assert all(c.explanation.startswith(c.label + " because ") for _, c in pairs)
-    assert all(0.0 <= c.confidence <= 1.0 for _, c in pairs)
+        return list(csv.DictReader(f))
+
+
+def test_dev_csv_accuracy(bench: ModuleType, dev_rows: list[dict[str, str]]) -> None:
+    scored = bench.score(dev_rows)
+    assert len(scored) == 1332
+    raw = bench.metrics([(s.truth, s.result.label) for s in scored])
+    noted = bench.metrics(bench.relabelled(scored))
+    recall = {k: v["recall"] for k, v in raw["per_class"].items()}
+    report = f"accuracy {raw['accuracy']:.4f}; recall {recall}; confusion {dict(raw['confusion'])}"
+    assert raw["accuracy"] >= MIN_ACCURACY, report
+    assert recall["T1w"] >= MIN_RECALL and recall["FLAIR"] >= MIN_RECALL, report
+    # T2w misses are exactly the noted ds000201 T2-FLAIR rows (physics: IR, TI 1.86 s, TE 126 ms) ...
+    t2_misses = {
+        (s.row["dataset"], s.row["SeriesDescription"], s.result.label)
+        for s in scored
+        if s.truth == "T2w" and s.result.label != "T2w"
+    }
+    assert t2_misses <= {("ds000201", "Sag CUBE T2 flair", "FLAIR")}, t2_misses
+    # ... and with those scored by their physics every structural class clears the goal
+    for label in ("T1w", "T2w", "FLAIR"):
+        assert noted["per_class"][label]["recall"] >= MIN_RECALL, (label, noted["per_class"][label])
+        assert noted["per_class"][label]["precision"] >= MIN_RECALL, (label, noted["per_class"][label])
+    assert all(s.result.explanation.startswith(s.result.label + " because ") for s in scored)
+    assert all(0.0 <= s.result.confidence <= 1.0 for s in scored)
+    # whatever is still wrong was at least sent to a reviewer
+    assert all(s.result.needs_review for s in scored if bench.relabelled([s])[0][0] != s.result.label)
+
+
+def test_header_builder_writes_what_a_scanner_writes(bench: ModuleType, dev_rows: list[dict[str, str]]) -> None:
+    by_key = {(r["dataset"], r["SeriesDescription"], r["bids_suffix"]): r for r in dev_rows}
+    mprage = bench.dataset_from_row(by_key[("ds003826", "anat_cz1", "T1w")])
+    assert list(mprage.ScanningSequence) == ["GR", "IR"] and list(mprage.SequenceVariant) == ["SK", "SP", "MP"]
+    assert mprage.SequenceName == "*tfl3d1_16ns"  # old dcm2niix wrote the leading '*' as '_'
+    assert float(mprage.RepetitionTime) == 2300.0 and float(mprage.InversionTime) == 900.0  # ms
+    assert mprage.Manufacturer == "SIEMENS"
+    ge = bench.dataset_from_row(by_key[("ds000031", "T1w 1mm ax", "T1w")])
+    assert list(ge.ScanOptions) == ["FAST_GEMS", "EDR_GEMS", "ACC_GEMS"]  # vendor terms keep their '_'
+    phase = bench.dataset_from_row(by_key[("ds000031", "gre_field_mapping", "phasediff")])
+    assert list(phase.ImageType) == ["ORIGINAL", "PRIMARY", "P", "ND", "PHASE"]
+    label_columns = ("label", "bids_suffix", "datatype", "acq", "TaskName", "dataset", "subject", "session")
+    for row in dev_rows[::50]:
+        text = " | ".join(str(e.value) for e in bench.dataset_from_row(row).iterall())
+        for column in label_columns:
+            value = row.get(column, "")
+            if len(value) >= 4 and value not in row["SeriesDescription"] + row["ProtocolName"]:
+                assert value not in text, (column, value)
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +90,15 @@ def philips(philips_flat_gunzipped: Path) -> dict[int | None, SeriesHeader]:
 
 def test_philips_mprage_with_shot_tr_and_no_ti_is_t1w(philips: dict[int | None, SeriesHeader]) -> None:
     h = philips[1301]
-    assert "MPRAGE" in h.series_description and h.inversion_time is None and h.repetition_time < 10
+    assert "MPRAGE" in h.series_description and h.repetition_time < 10
     c = classify_series(h)
     assert c.label == "T1w" and not c.needs_review and c.confidence >= 0.9
     assert "TR=6.501 ms" in c.explanation and "'mprage' in SeriesDescription" in c.explanation
-    # the physics alone is enough: a blank description still gives T1w
-    blank = classify_series(dataclasses.replace(h, series_description="", protocol_name="ImageMRSERIES"))
-    assert blank.label == "T1w"
+    assert "TI=900 ms" in c.explanation  # from Philips' private prepulse delay
+    # without the private TI (stripped by an anonymiser) and without a description, physics still says T1w
+    bare = dataclasses.replace(h, inversion_time=None, series_description="", protocol_name="ImageMRSERIES")
+    blank = classify_series(bare)
+    assert blank.label == "T1w" and "magnetization-prepared gradient echo" in blank.explanation
 
 
 @pytest.mark.parametrize("number", [1901, 1903, 2001])
@@ -356,3 +349,117 @@ def test_contrast_enhanced_flag() -> None:
     assert not classify_series(h(**MPRAGE, series_description="t1_mprage_sag")).contrast_enhanced
     assert not classify_series(h(**MPRAGE, series_description="T1 MPRAGE PRE contrast")).contrast_enhanced
     assert not classify_series(h(**MPRAGE, series_description="t1_mprage_posterior_fossa")).contrast_enhanced
+
+
+@pytest.mark.parametrize(
+    ("header", "label", "why"),
+    [
+        # MP2RAGE first inversion without a telling name: an MPRAGE-like image, but TR >= 4 s
+        (h(**{**MPRAGE, "repetition_time": 5000.0, "inversion_time": 700.0}), "other", "MP2RAGE"),
+        (h(**MPRAGE, series_description="anat_mp2rage_inv1"), "other", "MP2RAGE"),
+        # angiography that times like a T1 spoiled gradient echo
+        (
+            h(repetition_time=22.0, echo_time=3.6, flip_angle=18.0, scanning_sequence=("GR",), angio_flag=True),
+            "other",
+            "angiography",
+        ),
+        (
+            h(
+                repetition_time=22.0,
+                echo_time=3.6,
+                flip_angle=18.0,
+                scanning_sequence=("GR",),
+                sequence_variant=("SK", "SP", "MTC"),
+            ),
+            "other",
+            "magnetization transfer",
+        ),
+        (
+            h(
+                repetition_time=22.0,
+                echo_time=3.6,
+                flip_angle=18.0,
+                scanning_sequence=("GR",),
+                sequence_name="*fl3d1r_t70",
+            ),
+            "other",
+            "TOF",
+        ),
+        # GE says "phase" only in a private element
+        (
+            h(repetition_time=700.0, echo_time=7.0, flip_angle=45.0, scanning_sequence=("RM",), complex_part="PHASE"),
+            "other",
+            "phase",
+        ),
+        # Philips DWI: ScanningSequence SE with a long TE looks T2w; its EPI factor says EPI
+        (
+            h(repetition_time=4000.0, echo_time=95.0, scanning_sequence=("SE",), manufacturer="Philips", epi_factor=47),
+            "other",
+            "EPI factor",
+        ),
+        # Philips B0 map with a flattened protocol name and a useless description
+        (
+            h(
+                repetition_time=10.8,
+                echo_time=3.0,
+                flip_angle=8.0,
+                series_description="ImageMRSERIES",
+                protocol_name="WIPB0SENSE",
+            ),
+            "other",
+            "field map",
+        ),
+        # no SeriesDescription: ProtocolName, then physics
+        (h(**T2_TSE, protocol_name="WIP T2W_TSE SENSE"), "T2w", "ProtocolName"),
+        (h(**FLAIR), "FLAIR", "fluid-nulled"),
+        # enhanced object whose classic codes came out empty: timing alone
+        (h(repetition_time=1800.0, echo_time=2.41, inversion_time=900.0), "T1w", "inversion-prepared"),
+        # multi-echo 3D GRE for QSM/T2*: first echo times like a T1 FLASH, but six echoes, no preparation
+        (
+            h(
+                repetition_time=35.0,
+                echo_time=4.5,
+                flip_angle=15.0,
+                scanning_sequence=("GR",),
+                mr_acquisition_type="3D",
+                echo_train_length=6,
+            ),
+            "other",
+            "multi-echo",
+        ),
+        # GE BOLD and Philips FFE-EPI BOLD
+        (
+            h(repetition_time=2500.0, echo_time=30.0, flip_angle=75.0, scanning_sequence=("EP", "GR")),
+            "other",
+            "echo-planar",
+        ),
+        (h(repetition_time=2000.0, echo_time=30.0, flip_angle=76.0, scanning_sequence=("GR",)), "other", "T2*"),
+        # diffusion trace / ADC, perfusion
+        (h(**T2_TSE, image_type=("DERIVED", "PRIMARY", "DIFFUSION", "TRACEW")), "other", "diffusion"),
+        (h(**T2_TSE, image_type=("ORIGINAL", "PRIMARY", "PERFUSION")), "other", "perfusion"),
+        # Philips T1 TFE with no description: physics plus the vendor's sequence name agree
+        (
+            h(repetition_time=8.1, echo_time=3.7, flip_angle=8.0, scanning_sequence=("GR",), vendor_sequence="T1TFE"),
+            "T1w",
+            "T1TFE",
+        ),
+    ],
+)
+def test_real_world_traps(header: SeriesHeader, label: str, why: str) -> None:
+    c = classify_series(header)
+    assert c.label == label, c.explanation
+    assert why in c.explanation
+
+
+def test_classify_dataset_is_the_flow_logic(shared_data: Path) -> None:
+    """The public single-header entry point gives the curation flow's answer on a real file."""
+    import pydicom
+
+    from tasks.classify import classify_dataset
+
+    path = next((shared_data / "dicom" / "siemens_xa30_enhanced_t1" / "In").glob("*.dcm"))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert not ds.get("ScanningSequence")  # enhanced MR: no classic codes at the top level
+    (s,) = scan_source(path.parent).series
+    assert classify_dataset(ds) == classify_series(s.header)
+    assert classify_dataset(ds).label == "T1w"

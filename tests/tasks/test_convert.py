@@ -100,7 +100,7 @@ def test_dcm2niix_fallback(shared_data: Path, tmp_path: Path, monkeypatch: pytes
 
 def test_4d_series_refused_unless_allowed(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "src.nii.gz"
-    with pytest.raises(ConversionError, match=r"4D series \(shape \(96, 96, 40, 6\)\)"):
+    with pytest.raises(ConversionError, match=r"4D series \(6 volumes at the same slice positions\)"):
         convert_series(philips(shared_data, 1903), out)
     assert not out.exists()
 

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import MIN_SLICES, ScanResult, SeriesRecord, scan_source, series_rejection
+from tasks.ingest import (
+    FILE_REASONS,
+    MIN_SLICES,
+    SERIES_REASONS,
+    ScanResult,
+    SeriesRecord,
+    scan_source,
+    series_rejection,
+)
 
 EXPECTED_COUNTS = {1301: 170, 1901: 40, 1903: 240, 2001: 212}
+# slices per volume x volumes: the pCASL source holds 6 dynamics, the B0 map magnitude/phase images
+EXPECTED_SHAPES = {1301: (170, 1), 1901: (40, 1), 1903: (40, 6), 2001: (53, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,7 @@ def test_flat_folder_grouped_by_series_uid(flat_scan: ScanResult, philips_flat_g
     assert flat_scan.rejected_files == ()
     got = by_number(flat_scan)
     assert {n: s.n_instances for n, s in got.items()} == EXPECTED_COUNTS
+    assert {n: (s.n_slices, s.n_volumes) for n, s in got.items()} == EXPECTED_SHAPES
     assert len({s.series_uid for s in flat_scan.series}) == 4
     for s in flat_scan.series:
         assert s.rejection is None, (s.header.series_description, s.rejection_detail)
@@ -51,7 +62,8 @@ def test_mprage_header_normalised(mprage: SeriesRecord) -> None:
     assert h.modality == "MR" and h.manufacturer == "Philips" and h.field_strength == 3.0
     assert h.repetition_time == pytest.approx(6.501, abs=1e-3)  # Philips stores the shot TR ...
     assert h.echo_time == pytest.approx(2.93)
-    assert h.inversion_time is None  # ... and no TI on its MPRAGE
+    # ... and no InversionTime element: the 900 ms inversion delay is only in its private prepulse fields
+    assert h.inversion_time == 900.0 and h.vendor_sequence == "T1TFE" and h.epi_factor == 1
     assert h.scanning_sequence == ("GR",) and h.sequence_variant == ("MP",)
     assert h.mr_acquisition_type == "3D"
     assert h.image_type[:2] == ("ORIGINAL", "PRIMARY")
@@ -84,6 +96,7 @@ def test_enhanced_multiframe_reads_functional_groups(shared_data: Path) -> None:
     (s,) = scan.series
     h = s.header
     assert s.n_instances == 1 and s.rejection is None  # 96 frames count as slices
+    assert (s.n_slices, s.n_volumes) == (96, 1)
     assert h.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4.1"
     # none of these exist at the top level of this file: they come from the functional groups
     assert h.inversion_time == 900.0
@@ -122,9 +135,11 @@ def test_broken_files_get_reason_codes(tmp_path: Path, philips_flat_gunzipped: P
 def test_compressed_transfer_syntaxes_are_not_flagged_truncated(shared_data: Path) -> None:
     scan = scan_source(shared_data / "dicom" / "transfer_syntaxes" / "In")
     assert scan.rejected_files == ()
-    (s,) = scan.series  # nine encodings of the same image series
+    (s,) = scan.series  # nine encodings of one Siemens mosaic, each its own instance
     assert s.n_instances == 9
-    assert s.rejection == "too_few_slices"  # one mosaic per file
+    # a mosaic instance is a whole 35-slice volume (Siemens private NumberOfImagesInMosaic), not 1 slice
+    assert (s.n_slices, s.n_volumes) == (35, 9) and s.rejection is None
+    assert len(s.transfer_syntaxes) == 7 and "1.2.840.10008.1.2.4.90" in s.transfer_syntaxes
 
 
 def test_duplicate_sop_instances_do_not_change_hash(tmp_path: Path, mprage: SeriesRecord) -> None:
@@ -141,13 +156,19 @@ def test_duplicate_sop_instances_do_not_change_hash(tmp_path: Path, mprage: Seri
     assert tmp_path / mprage.files[5].name in s.files  # the smallest path of the copies is kept
     assert dup_dir / "again.dcm" not in s.files and tmp_path / "zz_copy_of_6.dcm" not in s.files
     assert scan.n_files == 172
+    # the copies left out are accounted for, with a reason code
+    assert {(f.path, f.reason) for f in scan.rejected_files} == {
+        (dup_dir / "again.dcm", "duplicate"),
+        (tmp_path / "zz_copy_of_6.dcm", "duplicate"),
+    }
+    assert s.rejection is None  # a re-sent slice is not a missing or extra slice
 
 
 def test_too_few_slices(tmp_path: Path, mprage: SeriesRecord) -> None:
     for f in mprage.files[: MIN_SLICES - 1]:
         shutil.copy(f, tmp_path / f.name)
     (s,) = scan_source(tmp_path).series
-    assert s.rejection == "too_few_slices" and str(MIN_SLICES - 1) in s.rejection_detail
+    assert s.rejection == "too_few_slices" and f"{MIN_SLICES - 1} slices per volume" in s.rejection_detail
     assert s.sop_hash != mprage.sop_hash
 
 
@@ -175,13 +196,25 @@ def test_series_rejection_rules(mprage: SeriesRecord, changes: dict, expected: s
     reason, detail = series_rejection(header, n_instances=170, n_frames=170, has_geometry=True)
     assert reason == expected, detail
     assert bool(detail) == (expected is not None)
+    assert expected is None or expected in SERIES_REASONS
 
 
 def test_geometry_and_orientation_rules(mprage: SeriesRecord) -> None:
     h = mprage.header
     assert series_rejection(h, 170, 170, has_geometry=False)[0] == "missing_tags"
-    assert series_rejection(h, 30, 30, has_geometry=True, n_orientations=3)[0] == "localizer"
+    # a handful of images in three planes is a scout; many images in several planes is broken geometry
+    assert series_rejection(h, 9, 9, has_geometry=True, n_orientations=3)[0] == "localizer"
+    assert series_rejection(h, 30, 30, has_geometry=True, n_orientations=3)[0] == "inconsistent_geometry"
+    reason, detail = series_rejection(h, 170, 170, True, geometry_problem="slice spacing varies from 1 to 2 mm")
+    assert (reason, detail) == ("inconsistent_geometry", "slice spacing varies from 1 to 2 mm")
+    # too few slices per volume wins over geometry; slices per volume, not instances, is what counts
+    assert series_rejection(h, 60, 60, True, n_slices=6, geometry_problem="x")[0] == "too_few_slices"
     # enhanced: one instance with many frames is a full volume; with few frames it is not
     enhanced = dataclasses.replace(h, sop_class_uid="1.2.840.10008.5.1.4.1.1.4.1")
     assert series_rejection(enhanced, 1, 96, has_geometry=True)[0] is None
     assert series_rejection(enhanced, 1, 3, has_geometry=True)[0] == "too_few_slices"
+
+
+def test_reason_code_vocabularies_are_distinct() -> None:
+    assert len(set(SERIES_REASONS)) == len(SERIES_REASONS) and len(set(FILE_REASONS)) == len(FILE_REASONS)
+    assert "duplicate" in FILE_REASONS and "inconsistent_geometry" in SERIES_REASONS
