@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows import cli_classify, cli_dashboard
+from flows import cli_classify, cli_dashboard, cli_model
 
 DESCRIPTION = """\
 MRI Foundry: turn raw brain-MRI DICOM exports into a curated, QC'd training corpus and pretrain a
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warehouse", type=Path, required=True)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     cli_classify.add_parser(sub)
+    cli_model.add_parser(sub)
     cli_dashboard.add_parser(sub)
 
     v = sub.add_parser("serve", help="serve the scheduled/triggered deployments (needs `prefect server start`)")
@@ -181,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         return cli_dashboard.run(args)
     if args.command == "classify":
         return cli_classify.run(args)
+    if args.command == cli_model.COMMAND:
+        return cli_model.run(args)
     if args.command == "status":
         return print_status(args.warehouse, args.json)
     if args.command == "curate" and not args.source.is_dir():

@@ -1,7 +1,8 @@
 """Pure-PyTorch JEPA-MoE for 3D brain MRI (Neuro-JEPA recipe; design.md section 6).
 
-Read in this order: config.py (+ presets.py) -> patch_embed.py, rope.py, blocks.py, moe.py ->
-encoder.py, predictor.py -> masks.py, loss.py -> jepa.py -> data.py, train.py -> probes.py.
+Read in this order: config.py (+ presets.py, flops.py) -> patch_embed.py, rope.py, blocks.py, moe.py ->
+encoder.py, predictor.py -> masks.py, loss.py -> jepa.py -> data.py, checkpoint.py, distributed.py,
+train.py (+ train_ddp.py, the torchrun entry) -> probes.py.
 
 This package never imports Prefect, DuckDB, pyarrow, `warehouse`, `tasks` or `flows` (an
 import-linter contract checks it). This file deliberately imports nothing, so that `model.config`

@@ -14,14 +14,20 @@ from model.rope import apply_rope
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; q and k are rotated by 3D RoPE, the kernel is PyTorch's SDPA."""
+    """Multi-head self-attention; q and k are rotated by 3D RoPE, the kernel is PyTorch's SDPA.
 
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True) -> None:
+    With `gate=True` (Neuro-JEPA's RoPEAttention), each head's output is multiplied by a per-token,
+    per-head sigmoid gate computed from the block input before the output projection, so a head can
+    switch itself off for tokens where it has nothing useful to add (e.g. air around the head).
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, gate: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention dim={dim} is not divisible by heads={heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.gate = nn.Linear(dim, heads, bias=qkv_bias) if gate else None
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -30,8 +36,10 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B, H, N, hd] each
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, H, hd]
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate(x)).unsqueeze(-1)  # gate [B, N, H, 1]
+        return self.proj(y.reshape(B, N, D))
 
 
 class MLP(nn.Module):
@@ -49,10 +57,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp: nn.Module, qkv_bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, mlp: nn.Module, qkv_bias: bool = True, attn_gate: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, qkv_bias)
+        self.attn = Attention(dim, heads, qkv_bias, attn_gate)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = mlp
 

@@ -73,6 +73,9 @@ class ModelConfig:
     enc_heads: int = 12
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    # Neuro-JEPA's per-head output gate: each head's attention output is scaled by sigmoid(Linear(x)) before
+    # the output projection (encoder and predictor). Costs dim * heads + heads parameters per block.
+    attn_gate: bool = True
     # Mixture of experts in the encoder's odd blocks; aux-loss-free balancing via a routing bias.
     use_moe: bool = True
     moe_layers: tuple[int, ...] = (1, 3, 5, 7, 9, 11)
@@ -124,6 +127,12 @@ class ModelConfig:
                 raise ValueError(f"n_shared={self.n_shared} must be >= 0 and expert_hidden={self.expert_hidden} >= 1")
         if self.moe_impl not in ("grouped", "loop"):
             raise ValueError(f"moe_impl={self.moe_impl!r} must be 'grouped' or 'loop'")
+        if self.use_moe and self.moe_impl == "grouped" and (self.enc_width % 8 or self.expert_hidden % 8):
+            raise ValueError(
+                f"enc_width={self.enc_width} and expert_hidden={self.expert_hidden} must be multiples of 8 for "
+                "moe_impl='grouped' (the CUDA grouped GEMM needs 16-byte aligned bf16 rows); round them up or use "
+                "moe_impl='loop'"
+            )
         if not 0.0 < self.mask_ratio < 1.0 or not 0 < self.n_target < self.n_tokens:
             raise ValueError(
                 f"mask_ratio={self.mask_ratio} must leave both targets and context among {self.n_tokens} tokens"
@@ -171,8 +180,15 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation recipe (defaults: Neuro-JEPA base, 200 epochs x 1600 iterations, 40 warmup epochs).
 
-    The learning rate warms up linearly from `start_lr` to `lr`, then stays constant; the reference's
-    separate linear cooldown to 1e-6 is a later phase and not part of this loop.
+    Two phases, as in the reference. The main phase (`train`) warms the learning rate up linearly from
+    `start_lr` to `lr` over `warmup_steps`, then holds it constant for `steps` in total, so it can be
+    extended at will. The cooldown phase (`cooldown`) starts from a main-phase checkpoint (weights, EMA
+    target, routing biases and AdamW moments) and decays the rate linearly from `lr` to `final_lr` over
+    `cooldown_steps` (reference: 40 epochs x 1600 iterations to 1e-6). Keeping the decay out of the main
+    phase is what lets any main checkpoint be cooled down without knowing the run length in advance.
+
+    `batch_size` is per process: under torchrun the global batch is batch_size x world size (the
+    reference runs 48 per GPU).
     """
 
     batch_size: int = 48
@@ -180,6 +196,8 @@ class TrainConfig:
     warmup_steps: int = 64_000
     start_lr: float = 1e-4
     lr: float = 5.25e-4
+    cooldown_steps: int = 64_000
+    final_lr: float = 1e-6
     weight_decay: float = 0.04
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -188,25 +206,39 @@ class TrainConfig:
     seed: int = 42
     checkpoint_every: int = 500
     num_workers: int = 0
-    device: str = "auto"  # "auto" = cuda when available, else cpu
+    device: str = "auto"  # "auto" = cuda (this process's local rank) when available, else cpu
+    compile: bool = False  # torch.compile the training forward (GPU runs; needs a C++ toolchain on CPU)
     collapse_std: float = 1e-3  # warn when target features barely vary across the batch
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0:
+        if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0 or self.cooldown_steps < 0:
             raise ValueError(
-                f"batch_size={self.batch_size} must be >= 1, steps={self.steps} and "
-                f"warmup_steps={self.warmup_steps} >= 0"
+                f"batch_size={self.batch_size} must be >= 1, steps={self.steps}, warmup_steps={self.warmup_steps} "
+                f"and cooldown_steps={self.cooldown_steps} >= 0"
             )
         if not 0.0 <= self.ema <= 1.0:
             raise ValueError(f"ema={self.ema} must be in [0, 1]")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 1")
+        if not 0.0 <= self.final_lr <= self.lr:
+            raise ValueError(f"final_lr={self.final_lr} must be in [0, lr={self.lr}]: the cooldown only decays")
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup from start_lr to lr over warmup_steps, then constant."""
+        """Main phase: linear warmup from start_lr to lr over warmup_steps, then constant."""
         if step >= self.warmup_steps:
             return self.lr
         return self.start_lr + (self.lr - self.start_lr) * step / self.warmup_steps
+
+    def cooldown_lr_at(self, step: int) -> float:
+        """Cooldown phase: linear from lr towards final_lr, reaching final_lr at the last step.
+
+        Step 0 already takes the first decrement (as the reference's LinearDecaySchedule, which steps
+        before the first update), so no step of the cooldown repeats the main phase's constant rate.
+        """
+        if self.cooldown_steps == 0:
+            return self.final_lr
+        progress = min(step + 1, self.cooldown_steps) / self.cooldown_steps
+        return self.lr + (self.final_lr - self.lr) * progress
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,8 @@ class Encoder(nn.Module):
         d = cfg.enc_width
         self.patch_embed = PatchEmbed3D(cfg.img_size, cfg.patch, cfg.in_chans, d)
         self.blocks = nn.ModuleList(
-            Block(d, cfg.enc_heads, self._feed_forward(cfg, i), cfg.qkv_bias) for i in range(cfg.enc_depth)
+            Block(d, cfg.enc_heads, self._feed_forward(cfg, i), cfg.qkv_bias, cfg.attn_gate)
+            for i in range(cfg.enc_depth)
         )
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.register_buffer("coords", grid_coords(cfg.grid), persistent=False)  # [N, 3]

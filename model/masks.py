@@ -10,8 +10,10 @@ stay blocky. Foreground-aware (`fg_masks`): within a layer, growth takes backgro
 back to the context first (the encoder should see tissue). Equivalently, the cells taken are a
 prefix of the order (layer, preference, random), which is what the property tests check.
 
-All randomness comes from a torch.Generator seeded by (seed, step), so a batch's masks are a pure
-function of the step: resuming a run reproduces them exactly, in any DataLoader worker.
+All randomness comes from a torch.Generator per sample seeded by (seed, step, position in the global
+batch), so masks are a pure function of where a sample sits in the stream: resuming a run reproduces
+them exactly, in any DataLoader worker, and a data-parallel rank holding samples 4..7 of a global
+batch draws the same masks for them as a single process holding all of it.
 """
 
 from __future__ import annotations
@@ -162,9 +164,22 @@ class MaskCollator:
         self.cfg = cfg
         self.seed = seed
 
-    def __call__(self, items: Sequence[dict[str, torch.Tensor]], step: int) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, items: Sequence[dict[str, torch.Tensor]], step: int, positions: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Collate `items` of batch `step`.
+
+        Args:
+            items: dataset items {"image": [C, X, Y, Z], "fg": [N] (optional)}.
+            step: training step; masks change every step.
+            positions: each item's index in the global batch (default 0..len(items)-1); a data-parallel
+                rank passes its slice, e.g. [2, 3] for rank 1 of 2 with 2 samples per rank.
+        """
         if not items:
             raise ValueError("MaskCollator got an empty batch")
+        positions = range(len(items)) if positions is None else positions
+        if len(positions) != len(items):
+            raise ValueError(f"got {len(items)} items but {len(positions)} positions; pass one position per item")
         cfg = self.cfg
         images = torch.stack([it["image"] for it in items])  # [B, C, X, Y, Z]
         if all("fg" in it for it in items):
@@ -173,17 +188,13 @@ class MaskCollator:
             fg = foreground_patches(images, cfg.patch, cfg.fg_voxel_fraction)
         if fg.shape[1] != cfg.n_tokens:
             raise ValueError(f"fg has {fg.shape[1]} patches per sample, the model grid {cfg.grid} has {cfg.n_tokens}")
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, step))
-        ctx, tgt = [], []
-        for spec in cfg.mask_specs:
-            for b in range(len(items)):
-                target = make_mask(spec, cfg.grid, cfg.n_target, fg[b] if cfg.fg_masks else None, gen)
-                ctx.append((~target).nonzero().squeeze(1))
-                tgt.append(target.nonzero().squeeze(1))
         G, B = cfg.n_mask_generators, len(items)
-        return {
-            "image": images,
-            "fg": fg,
-            "context_idx": torch.stack(ctx).view(G, B, cfg.n_context),
-            "target_idx": torch.stack(tgt).view(G, B, cfg.n_target),
-        }
+        ctx = torch.empty(G, B, cfg.n_context, dtype=torch.long)
+        tgt = torch.empty(G, B, cfg.n_target, dtype=torch.long)
+        for b, position in enumerate(positions):
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, step, position))
+            for g, spec in enumerate(cfg.mask_specs):
+                target = make_mask(spec, cfg.grid, cfg.n_target, fg[b] if cfg.fg_masks else None, gen)
+                ctx[g, b] = (~target).nonzero().squeeze(1)
+                tgt[g, b] = target.nonzero().squeeze(1)
+        return {"image": images, "fg": fg, "context_idx": ctx, "target_idx": tgt}

@@ -72,7 +72,7 @@ class MoE(nn.Module):
         x = x.reshape(-1, self.dim)  # [T, D]
         _, idx, weights = self.route(x)
         if self.training:  # the EMA target runs in eval mode and must not count
-            self.counts += torch.bincount(idx.flatten(), minlength=self.n_routed).to(self.counts.dtype)
+            self.counts += _histogram(idx.flatten(), self.n_routed).to(self.counts.dtype)
         y = self._routed(x, idx, weights)  # [T, D]
         if self.shared is not None:
             y = y + self.shared(x)
@@ -85,7 +85,7 @@ class MoE(nn.Module):
         order = torch.argsort(flat, stable=True)  # [T*k] rows grouped by expert
         expert = flat[order]  # [T*k]
         rows = x[order // k]  # [T*k, D] the token behind each sorted row
-        per_expert = torch.bincount(flat, minlength=self.n_routed)  # [E]
+        per_expert = _histogram(flat, self.n_routed)  # [E] rows per expert, stays on device
         dtype = _compute_dtype(x)
         if self.impl == "grouped":
             ys = self._ffn_grouped(rows.to(dtype), expert, per_expert)
@@ -97,6 +97,10 @@ class MoE(nn.Module):
         return out.view(T, k, self.dim).sum(dim=1).to(x.dtype)  # [T, D]
 
     def _ffn_grouped(self, rows: torch.Tensor, expert: torch.Tensor, per_expert: torch.Tensor) -> torch.Tensor:
+        # On CUDA the fast CUTLASS kernel (sm90/sm100) needs bf16 operands with 16-byte aligned rows (width
+        # and hidden multiples of 8, checked by ModelConfig); other dtypes fall back to a per-group loop
+        # inside ATen that syncs on `offs`. Under bf16 autocast `rows` arrives in bf16 and the fp32 master
+        # weights are cast here, so the training step takes the fast path.
         offs = per_expert.cumsum(0).to(torch.int32)  # [E] end row of each expert's group
         h = F.grouped_mm(rows, self.w1.to(rows.dtype), offs=offs) + self.b1.to(rows.dtype)[expert]
         return F.grouped_mm(F.gelu(h), self.w2.to(rows.dtype), offs=offs) + self.b2.to(rows.dtype)[expert]
@@ -140,6 +144,15 @@ class MoE(nn.Module):
         self.counts.zero_()
         vio = torch.stack((c.min(), c.max())) / safe_mean
         return torch.where(has_tokens, vio, torch.ones_like(vio))
+
+
+def _histogram(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Occurrences of 0..n-1 in idx, as int64 [n].
+
+    Unlike `torch.bincount`, the output shape does not depend on the data, so torch.compile can keep the
+    MoE in one graph; integer atomics make it deterministic on GPU too.
+    """
+    return torch.zeros(n, dtype=torch.int64, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx))
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

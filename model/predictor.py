@@ -26,7 +26,8 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(cfg.enc_width, p)
         self.mask_tokens = nn.Parameter(torch.zeros(cfg.n_mask_generators, p))  # [G, P], zero init
         self.blocks = nn.ModuleList(
-            Block(p, cfg.pred_heads, MLP(p, int(p * cfg.mlp_ratio)), cfg.qkv_bias) for _ in range(cfg.pred_depth)
+            Block(p, cfg.pred_heads, MLP(p, int(p * cfg.mlp_ratio)), cfg.qkv_bias, cfg.attn_gate)
+            for _ in range(cfg.pred_depth)
         )
         self.norm = nn.LayerNorm(p, eps=1e-6)
         self.proj = nn.Linear(p, cfg.enc_width)

@@ -1,45 +1,65 @@
-"""The pretraining loop: AdamW, warmup-then-constant LR, EMA target, MoE balancing, exact resume.
+"""The pretraining loop: AdamW, warmup-then-constant LR with a separate cooldown phase, EMA target,
+MoE balancing, exact resume, data parallelism.
 
-One step: build batch `step` (a pure function of seed and step, see StepBatches) -> forward under
-bf16 autocast on CUDA -> skip the step if the loss or the gradient norm is not finite -> clip to
-1.0 -> AdamW -> update the MoE routing biases from this step's counts -> EMA the target encoder.
+One step: build batch `step` (a pure function of seed and step, see StepBatches; under DDP each rank
+builds its slice of the global batch) -> forward under bf16 autocast on CUDA -> backward (DDP averages
+gradients) -> clip to 1.0 -> skip the step if the global loss or the gradient norm is not finite ->
+AdamW -> update the MoE routing biases from this step's counts, summed over ranks -> EMA the target.
 
-`out_dir/last.pt` is rewritten atomically every `checkpoint_every` steps and at the end. It holds
-everything a resumed run needs to continue bit-for-bit as if never stopped (model incl. EMA target
-and routing biases, optimizer moments, step, loss history, RNG states), plus both configs and the
-caller's metadata (snapshot id, code version) so any encoder can be traced to its data.
+Two phases, each with its own out_dir: `train` (main: warmup then constant lr, extendable at will)
+and `cooldown` (starts from a main checkpoint's weights, EMA target, routing biases and AdamW moments,
+decays lr linearly to `final_lr`, draws a fresh data/mask stream). `out_dir/last.pt` is rewritten
+atomically every `checkpoint_every` steps and at the end (checkpoint.py lists its contents); a run
+restarted on the same out_dir continues bit-for-bit as if never stopped.
+
+Logged every step (the `log` callback on rank 0, and the progress bar): loss, lr, grad norm,
+MinVio/MaxVio per MoE layer and their extremes, target feature std (collapse guard), seconds spent
+waiting for data and computing, samples/s and tokens/s.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from model import checkpoint as ckpt
+from model.checkpoint import load_encoder
 from model.config import ModelConfig, TrainConfig
-from model.encoder import Encoder
+from model.distributed import World, all_reduce_mean, barrier, current_world, device_for, wrap_ddp
 from model.jepa import JEPA, check_collapse
 from model.masks import MaskCollator, derive_seed
 
-CHECKPOINT_FORMAT = 1
-# TrainConfig fields that may change between a run and its resumption without changing the maths.
-_RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "num_workers", "device"})
+__all__ = [
+    "StepBatches",
+    "StepOutput",
+    "TrainResult",
+    "build_optimizer",
+    "cooldown",
+    "load_encoder",
+    "train",
+    "train_step",
+]
+
+MAIN, COOLDOWN = "main", "cooldown"
+# TrainConfig fields that may differ between a run and its resumption without changing that phase's maths.
+_FREE_ALWAYS = frozenset({"steps", "checkpoint_every", "num_workers", "device", "compile", "collapse_std"})
+_FREE_IN_MAIN = _FREE_ALWAYS | {"cooldown_steps", "final_lr"}
+_FREE_IN_COOLDOWN = _FREE_ALWAYS | {"warmup_steps", "start_lr"}
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of `train`.
+    """Outcome of `train` or `cooldown`.
 
-    `steps` and `losses` count from step 0 across resumptions (a skipped step's loss is NaN/inf);
-    `final_loss` is the last finite loss; `seconds` is the wall time of this call only.
+    `steps` and `losses` count from step 0 of the phase across resumptions (a skipped step's loss is
+    NaN/inf; losses are means over all ranks); `final_loss` is the last finite loss; `seconds` is the
+    wall time of this call only.
     """
 
     steps: int
@@ -53,22 +73,37 @@ class TrainResult:
 class StepBatches(torch.utils.data.Dataset):
     """Batch number `step`, deterministically: a map-style dataset indexed by step.
 
-    Sample positions step*B .. step*B+B-1 of an endless stream of epochs, each epoch a permutation of
-    the dataset seeded by (seed, epoch). Augmentation draw = stream position, masks seeded by
-    (seed, step). Indexing by step (instead of iterating) is what makes resume exact and lets
-    DataLoader workers build batches in parallel without shared RNG state.
+    The global batch of step s holds positions s*W*B .. (s+1)*W*B - 1 of an endless stream of epochs
+    (W = world_size, B = batch_size per rank), each epoch a permutation of the dataset seeded by
+    (seed, epoch); rank r takes the r-th slice of B (a DistributedSampler that cannot drift).
+    Augmentation draw = stream position, masks seeded by (seed, step, position in the global batch).
+    Indexing by step (instead of iterating) is what makes resume exact and lets DataLoader workers
+    build batches in parallel without shared RNG state.
     """
 
-    def __init__(self, dataset: Sequence, collator: MaskCollator, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        dataset: Sequence,
+        collator: MaskCollator,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty; curate at least one volume first")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in 0..world_size-1={world_size - 1}")
         self.dataset, self.collator, self.batch_size, self.seed = dataset, collator, batch_size, seed
+        self.rank, self.world_size = rank, world_size
         self._perms: dict[int, torch.Tensor] = {}
 
     def indices(self, step: int) -> list[tuple[int, int]]:
-        """(dataset index, stream position) of each sample in batch `step`."""
+        """(dataset index, stream position) of each sample this rank holds in batch `step`."""
+        start = (step * self.world_size + self.rank) * self.batch_size
         out = []
-        for position in range(step * self.batch_size, (step + 1) * self.batch_size):
+        for position in range(start, start + self.batch_size):
             epoch, offset = divmod(position, len(self.dataset))
             out.append((int(self._perm(epoch)[offset]), position))
         return out
@@ -83,8 +118,19 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         sample = getattr(self.dataset, "sample", None)  # VolumeDataset: augmentation keyed by draw
-        items = [sample(i, draw) if sample else self.dataset[i] for i, draw in self.indices(step)]
-        return self.collator(items, step)
+        pairs = self.indices(step)
+        items = [sample(i, draw) if sample else self.dataset[i] for i, draw in pairs]
+        global_start = step * self.world_size * self.batch_size
+        return self.collator(items, step, [position - global_start for _, position in pairs])
+
+
+@dataclass(frozen=True)
+class _Phase:
+    name: str
+    steps: int
+    stream_seed: int  # seeds the data order, augmentations and masks of this phase
+    lr_at: Callable[[int], float]
+    free_fields: frozenset[str]
 
 
 def train(
@@ -98,96 +144,163 @@ def train(
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Pretrain a JEPA on `dataset` until `train_cfg.steps`, resuming from `out_dir/last.pt` if present.
+    """Main phase: pretrain a JEPA on `dataset` until `train_cfg.steps`, resuming from `out_dir/last.pt`.
+
+    Under torchrun (a process group initialised, see distributed.py) every rank calls this with the
+    same arguments; each trains on its slice of every global batch, rank 0 writes the checkpoint.
 
     Args:
         model_cfg: architecture (`model_cfg, train_cfg = presets.get_preset(name)`).
-        train_cfg: optimisation recipe.
+        train_cfg: optimisation recipe; `batch_size` is per process.
         dataset: sized, indexable items {"image": [1, X, Y, Z], "fg": [N] (optional)}; when it has
             `sample(index, draw)` (VolumeDataset) augmentations are keyed by draw, so resume is exact.
         out_dir: where last.pt goes (created if missing).
         metadata: JSON-serialisable provenance stored in the checkpoint (snapshot id, code version).
         resume: continue from out_dir/last.pt when it exists; False starts over and overwrites it.
-        log: called once per step with a flat dict of floats (step, lr, loss, grad_norm, ...).
-        progress: show a tqdm progress bar.
+        log: called once per step on rank 0 with a flat dict of floats (step, lr, loss, grad_norm, ...).
+        progress: show a tqdm progress bar (rank 0).
 
     Returns:
-        TrainResult with the full loss history since step 0.
+        TrainResult with the full loss history of the phase since step 0.
     """
+    phase = _Phase(MAIN, train_cfg.steps, train_cfg.seed, train_cfg.lr_at, _FREE_IN_MAIN)
+    return _run(phase, model_cfg, train_cfg, dataset, Path(out_dir), None, metadata, resume, log, progress)
+
+
+def cooldown(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dataset: Sequence,
+    out_dir: Path,
+    *,
+    init_from: Path,
+    metadata: dict,
+    resume: bool = True,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Cooldown phase: `train_cfg.cooldown_steps` steps with lr decaying linearly from `lr` to `final_lr`.
+
+    Starts from the main-phase checkpoint `init_from` (model, EMA target, routing biases, AdamW state)
+    unless `out_dir/last.pt` holds an unfinished cooldown, which is then resumed exactly. The data and
+    mask stream is seeded afresh (as the reference's cooldown runs with its own seed), so the cooldown
+    does not replay the first batches of the main phase. Arguments as for `train`.
+    """
+    phase = _Phase(
+        COOLDOWN,
+        train_cfg.cooldown_steps,
+        derive_seed(train_cfg.seed, 0xC001D0),
+        train_cfg.cooldown_lr_at,
+        _FREE_IN_COOLDOWN,
+    )
+    return _run(phase, model_cfg, train_cfg, dataset, Path(out_dir), Path(init_from), metadata, resume, log, progress)
+
+
+def _run(
+    phase: _Phase,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dataset: Sequence,
+    out_dir: Path,
+    init_from: Path | None,
+    metadata: dict,
+    resume: bool,
+    log: Callable[[dict], None] | None,
+    progress: bool,
+) -> TrainResult:
     started = time.perf_counter()
-    _check_metadata(metadata)
-    out_dir = Path(out_dir)
+    ckpt.check_metadata(metadata)
+    world = current_world()
+    device = device_for(world, train_cfg.device)
+    _check_compile(train_cfg, model_cfg, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "last.pt"
-    device = _device(train_cfg.device)
 
     torch.manual_seed(train_cfg.seed)
     model = JEPA(model_cfg).to(device)
-    optimizer = _optimizer(model, train_cfg)
-    step, losses, skipped = 0, [], 0
+    optimizer = build_optimizer(model, train_cfg)
+    step, losses, skipped, init = 0, [], 0, None
     saved_at: int | None = None  # step of the checkpoint on disk that belongs to this run
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        _check_resumable(state, ckpt_path, model_cfg, train_cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, losses, skipped = state["step"], list(state["losses"]), state["skipped_steps"]
-        _set_rng_state(state["rng"])
+        step, losses, skipped, init = _resume(ckpt_path, model, optimizer, phase, world, model_cfg, train_cfg)
         saved_at = step
+    elif init_from is not None:
+        init = _start_from(init_from, model, optimizer, model_cfg)
 
     def save() -> None:
         nonlocal saved_at
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "losses": losses,
-            "skipped_steps": skipped,
-            "rng": _rng_state(),
-            "model_config": model_cfg.to_dict(),
-            "train_config": train_cfg.to_dict(),
-            "metadata": metadata,
-        }
-        _save_atomic(state, ckpt_path)
+        if world.is_main:
+            ckpt.save_atomic(
+                {
+                    "format": ckpt.CHECKPOINT_FORMAT,
+                    "phase": phase.name,
+                    "world_size": world.world_size,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "losses": losses,
+                    "skipped_steps": skipped,
+                    "rng": ckpt.rng_state(),
+                    "model_config": model_cfg.to_dict(),
+                    "train_config": train_cfg.to_dict(),
+                    "init": init,
+                    "metadata": metadata,
+                },
+                ckpt_path,
+            )
+        barrier(world)  # every rank returns/continues only once the file exists
         saved_at = step
 
-    batches = StepBatches(dataset, MaskCollator(model_cfg, train_cfg.seed), train_cfg.batch_size, train_cfg.seed)
+    forward: torch.nn.Module = wrap_ddp(model, device) if world.distributed else model
+    if train_cfg.compile:
+        forward = torch.compile(forward)
+    batches = StepBatches(
+        dataset,
+        MaskCollator(model_cfg, phase.stream_seed),
+        train_cfg.batch_size,
+        phase.stream_seed,
+        rank=world.rank,
+        world_size=world.world_size,
+    )
     loader = torch.utils.data.DataLoader(
         batches,
         batch_size=None,
-        sampler=range(step, train_cfg.steps),
+        sampler=range(step, phase.steps),
         num_workers=train_cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    global_batch = train_cfg.batch_size * world.world_size
     warned_collapse = False
     model.train()
-    bar = tqdm(total=train_cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step")
+    bar = tqdm(total=phase.steps, initial=step, disable=not (progress and world.is_main), desc=phase.name, unit="step")
+    ready = time.perf_counter()
     for batch in loader:
-        t_step = time.perf_counter()
-        lr = train_cfg.lr_at(step)
+        fetched = time.perf_counter()
+        lr = phase.lr_at(step)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        applied, values, grad_norm, vio = _step(model, optimizer, params, batch, lr, train_cfg.grad_clip, autocast)
-        if applied:
+        out = train_step(forward, model, optimizer, params, batch, lr, train_cfg.grad_clip, autocast, world)
+        if out.applied:
             model.ema_update(train_cfg.ema)
         else:
             skipped += 1
-        losses.append(values["loss"])
+        losses.append(out.values["loss"])
         step += 1
-        record = {"step": step, "lr": lr, "grad_norm": grad_norm, "skipped": float(not applied), **values}
-        for layer, (min_vio, max_vio) in enumerate(vio):
-            record[f"moe{layer}_minvio"], record[f"moe{layer}_maxvio"] = min_vio, max_vio
-        record["step_seconds"] = time.perf_counter() - t_step
-        if applied and not warned_collapse:
-            warned_collapse = check_collapse(values["target_std"], train_cfg.collapse_std)
-        if log is not None:
-            log(record)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
+        done = time.perf_counter()
+        record = _record(step, lr, out, data_s=fetched - ready, compute_s=done - fetched)
+        record["samples_per_s"] = global_batch / (done - ready)
+        record["tokens_per_s"] = global_batch * model_cfg.n_tokens / (done - ready)
+        if world.is_main:
+            if out.applied and not warned_collapse:
+                warned_collapse = check_collapse(out.values["target_std"], train_cfg.collapse_std)
+            if log is not None:
+                log(record)
+            bar.set_postfix(_postfix(record), refresh=False)
+            bar.update(1)
+        if step % train_cfg.checkpoint_every == 0 or step == phase.steps:
             save()
+        ready = time.perf_counter()
     bar.close()
     if saved_at != step:
         save()  # e.g. steps=0 with resume=False: still leave a loadable checkpoint of this run
@@ -203,7 +316,56 @@ def train(
     )
 
 
-def _step(
+def _resume(
+    path: Path,
+    model: JEPA,
+    optimizer: torch.optim.Optimizer,
+    phase: _Phase,
+    world: World,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+) -> tuple[int, list[float], int, dict | None]:
+    """Restore model, optimizer and RNG from this phase's checkpoint: (step, losses, skipped, init).
+
+    Loaded to CPU and dropped on return, so a GPU never holds a second copy of weights and moments.
+    """
+    state = ckpt.load(path, "cpu")
+    ckpt.check_resumable(
+        state,
+        path,
+        phase=phase.name,
+        world_size=world.world_size,
+        model_cfg=model_cfg,
+        train_cfg=train_cfg,
+        free_fields=phase.free_fields,
+    )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    ckpt.set_rng_state(state["rng"])
+    return state["step"], list(state["losses"]), state["skipped_steps"], state["init"]
+
+
+def _start_from(path: Path, model: JEPA, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> dict:
+    """Begin a cooldown from a main-phase checkpoint: weights, EMA target, routing biases, AdamW moments."""
+    state = ckpt.load(path, "cpu")
+    ckpt.check_cooldown_source(state, path, model_cfg)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return {"path": str(path), "step": int(state["step"])}
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one `train_step` did and measured (plain floats: the step's host sync already happened)."""
+
+    applied: bool
+    values: dict[str, float]  # JEPA stats (loss, loss_g*, target_std, pred_std), averaged over ranks
+    grad_norm: float  # before clipping
+    vio: list[list[float]]  # [MinVio, MaxVio] per MoE layer; empty for a skipped step or a dense model
+
+
+def train_step(
+    forward: torch.nn.Module,
     model: JEPA,
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
@@ -211,45 +373,89 @@ def _step(
     lr: float,
     grad_clip: float,
     autocast: torch.autocast,
-) -> tuple[bool, dict[str, float], float, list[list[float]]]:
-    """Forward, backward, clip, AdamW, MoE bias update; or skip all of it if anything is non-finite.
+    world: World,
+) -> StepOutput:
+    """Forward, backward, clip, AdamW, MoE bias update; or skip the update if anything is non-finite.
 
-    Returns:
-        (applied, stats as floats, gradient norm before clipping, [[MinVio, MaxVio] per MoE layer]).
+    The EMA update of the target encoder is left to the caller (only after an applied step). Public so
+    that bench/train_step.py times exactly the step the training loop runs.
+
+    Args:
+        forward: `model`, or its DDP / torch.compile wrapper, called on the batch.
+        model: the JEPA itself (for the MoE bias update).
+        optimizer: from `build_optimizer`.
+        params: the trainable parameters (for clipping).
+        batch: a MaskCollator batch on the model's device.
+        lr: learning rate of this step.
+        grad_clip: max global gradient norm.
+        autocast: bf16 autocast context (disabled off CUDA in training).
+        world: this process's place in the data-parallel job.
+
+    The backward runs even when the loss is not finite: under DDP every rank must join the gradient
+    all-reduce, and the skip decision is taken afterwards from values every rank shares (the
+    rank-averaged loss and the global gradient norm), so all ranks skip together.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast:
-        loss, stats = model(batch)
     optimizer.zero_grad(set_to_none=True)
-    grad_norm = torch.tensor(float("nan"))
-    applied = bool(torch.isfinite(loss))  # one host sync per step, shared with the logging below
-    if applied:
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        applied = bool(torch.isfinite(grad_norm))
-    vio = torch.zeros(0, 2)
+    with autocast:
+        loss, stats = forward(batch)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    names = list(stats)
+    shared = all_reduce_mean(torch.stack([stats[k].float() for k in names]), world)  # [S]
+    host = torch.cat((shared, grad_norm.detach().float().reshape(1).to(shared.device))).tolist()  # one sync
+    values, norm = dict(zip(names, host[:-1], strict=True)), host[-1]
+    applied = math.isfinite(values["loss"]) and math.isfinite(norm)
+    vio: list[list[float]] = []
     if applied:
         optimizer.step()
-        vio = model.update_moe_biases()  # counts of this step -> routing bias, counts reset
+        vio = model.update_moe_biases().tolist()  # counts summed over ranks -> routing bias, counts reset
     else:
         optimizer.zero_grad(set_to_none=True)
         model.discard_moe_counts()
-    values = dict(zip(stats, torch.stack(list(stats.values())).float().tolist(), strict=True))
-    return applied, values, float(grad_norm), vio.tolist()
+    return StepOutput(applied, values, norm, vio)
 
 
-def load_encoder(checkpoint_path: Path, map_location: str | torch.device = "cpu") -> tuple[Encoder, ModelConfig]:
-    """The EMA target encoder of a checkpoint (the one to evaluate), in eval mode, with its config."""
-    state = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    cfg = ModelConfig.from_dict(state["model_config"])
-    encoder = Encoder(cfg)
-    prefix = "target_encoder."
-    encoder.load_state_dict({k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)})
-    return encoder.to(map_location).eval(), cfg
+def _record(step: int, lr: float, out: StepOutput, *, data_s: float, compute_s: float) -> dict[str, float]:
+    """The flat dict handed to the `log` callback for one step."""
+    record = {"step": step, "lr": lr, "grad_norm": out.grad_norm, "skipped": float(not out.applied), **out.values}
+    for layer, (min_vio, max_vio) in enumerate(out.vio):
+        record[f"moe{layer}_minvio"], record[f"moe{layer}_maxvio"] = min_vio, max_vio
+    if out.vio:  # the worst layer in each direction: what to watch on a dashboard
+        record["minvio"] = min(v[0] for v in out.vio)
+        record["maxvio"] = max(v[1] for v in out.vio)
+    record["data_seconds"], record["step_seconds"] = data_s, compute_s
+    return record
 
 
-def _optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
+def _postfix(record: dict[str, float]) -> dict[str, str]:
+    """Progress-bar fields: the numbers to glance at while a run goes."""
+    postfix = {
+        "loss": f"{record['loss']:.4f}",
+        "lr": f"{record['lr']:.2e}",
+        "gnorm": f"{record['grad_norm']:.2f}",
+    }
+    if "maxvio" in record:
+        postfix["maxvio"] = f"{record['maxvio']:.2f}"
+    postfix["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    return postfix
+
+
+def _check_compile(train_cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device) -> None:
+    """torch.compile traces F.grouped_mm, whose compiled form only accepts bf16: fail before building anything.
+
+    Training runs under bf16 autocast on CUDA only, so compiling a grouped MoE anywhere else would die
+    in the first forward with a fake-tensor error that does not say what to change.
+    """
+    if train_cfg.compile and device.type != "cuda" and model_cfg.use_moe and model_cfg.moe_impl == "grouped":
+        raise ValueError(
+            f"compile=True with moe_impl='grouped' needs the bf16 autocast of CUDA training (torch.compile only "
+            f"traces F.grouped_mm in bf16), but this run is on {device}; set compile=False, or moe_impl='loop'"
+        )
+
+
+def build_optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on biases, norms or MoE expert biases)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -259,55 +465,3 @@ def _optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
         (no_decay if is_bias else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _check_metadata(metadata: dict) -> None:
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"metadata must be JSON-serialisable (str/int/float/bool/None/list/dict): {err}; "
-            "convert paths, dates and ids to strings"
-        ) from err
-
-
-def _check_resumable(state: dict[str, Any], path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state.get('format')}, expected {CHECKPOINT_FORMAT}")
-    saved_model, saved_train = state["model_config"], state["train_config"]
-    diff = [k for k, v in model_cfg.to_dict().items() if saved_model.get(k) != v]
-    diff += [k for k, v in train_cfg.to_dict().items() if k not in _RESUMABLE_FIELDS and saved_train.get(k) != v]
-    if diff:
-        raise ValueError(
-            f"cannot resume from {path}: it was trained with different {sorted(diff)}; "
-            "use the original configs, a fresh out_dir, or resume=False to start over"
-        )
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

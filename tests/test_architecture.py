@@ -25,6 +25,6 @@ def test_cli_help_is_fast_and_lists_subcommands():
         "print('HEAVY', heavy)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    for sub in ("demo", "curate", "pretrain", "evaluate", "status", "dashboard", "classify"):
+    for sub in ("demo", "curate", "pretrain", "evaluate", "status", "dashboard", "classify", "model-info"):
         assert sub in res.stdout
     assert "HEAVY []" in res.stdout

@@ -77,6 +77,8 @@ def labels(m: Manifest) -> dict[str, dict[str, int]]:
 
 def status(m: Manifest) -> dict[str, Any]:
     """Everything `mrifoundry status` shows, as plain data."""
+    if not m.path.exists():
+        raise FileNotFoundError(f"no manifest at {m.path}; run `mrifoundry curate SOURCE --warehouse {m.root}` first")
     return {
         "series_by_state": m.query(
             "SELECT state, coalesce(reason, '') AS reason, count(*) AS n FROM series "

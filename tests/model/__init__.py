@@ -12,7 +12,6 @@ from functools import cache
 import numpy as np
 import torch
 
-from model.data import VolumeDataset, blob_volume
 from model.masks import MaskCollator
 from model.presets import get_preset
 
@@ -22,11 +21,15 @@ TINY = get_preset("tiny").model
 @cache
 def blob_volumes(n: int) -> tuple[np.ndarray, ...]:
     """`n` synthetic brain-like volumes on the model grid (cached: each takes ~25 ms)."""
+    from model.data import blob_volume  # imported here: MONAI takes seconds to import, DDP workers skip it
+
     return tuple(blob_volume(seed) for seed in range(n))
 
 
 def tiny_batch(batch_size: int = 2, step: int = 0, train: bool = False) -> dict[str, torch.Tensor]:
     """A MaskCollator batch of blob volumes for the tiny preset."""
+    from model.data import VolumeDataset
+
     ds = VolumeDataset(blob_volumes(batch_size), train=train, seed=0)
     return MaskCollator(TINY, seed=0)([ds.sample(i, step) for i in range(batch_size)], step)
 

@@ -44,3 +44,19 @@ def test_non_finite_voxels_become_zero():
 def test_bad_volume_shape_names_the_problem():
     with pytest.raises(ValueError, match="volume 0 has shape \\(96, 108\\)"):
         VolumeDataset([np.zeros((96, 108))], train=False, seed=0)[0]
+
+
+def test_cached_percentile_scaling_equals_monais_percentile_transform():
+    from monai import transforms as mt
+
+    vol = blob_volume(1, shape=(100, 110, 90)) * 3.0 + 0.5
+    ds = VolumeDataset([vol], train=True, seed=0)
+    reference = mt.Compose(
+        [
+            mt.ResizeWithPadOrCrop(spatial_size=(96, 108, 96)),
+            mt.ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )(vol[None])
+    torch.testing.assert_close(ds.prepare(0), reference.as_tensor(), atol=1e-6, rtol=0)
+    assert list(ds._ranges) == [0]  # computed once, reused by every later draw
+    torch.testing.assert_close(ds.prepare(0), reference.as_tensor(), atol=1e-6, rtol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,9 @@ def test_foreground_needs_ten_percent_tissue_voxels():
     assert fg[4:].all()
     assert fg[0, 0, 0] and fg[1, 0, 0] and not fg[0, 1, 0]
     assert int(fg[:4].sum()) == 2
+
+
+def test_collator_needs_one_position_per_item():
+    items = [{"image": torch.zeros(1, 1, 1, 1), "fg": torch.ones(N, dtype=torch.bool)} for _ in range(2)]
+    with pytest.raises(ValueError, match="got 2 items but 1 positions"):
+        MaskCollator(TINY)(items, 0, positions=[0])

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from model.blocks import MLP, Block
+from model.blocks import MLP, Attention, Block
 from model.encoder import Encoder, build_encoder
 from model.patch_embed import PatchEmbed3D
 from model.predictor import Predictor
@@ -53,6 +53,21 @@ def test_block_shapes_and_gradients():
     assert y.shape == x.shape
     y.square().mean().backward()
     assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_attention_gate_scales_each_head_by_a_sigmoid_of_the_input():
+    torch.manual_seed(0)
+    gated, plain = Attention(48, 2, gate=True), Attention(48, 2, gate=False)
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("gate.")})
+    x = torch.randn(B, 10, 48)
+    rope = rope_angles(grid_coords((8, 9, 8))[:10], 24)
+    with torch.no_grad():
+        gated.gate.weight.zero_()
+        gated.gate.bias.copy_(torch.tensor([30.0, -30.0]))  # head 0 fully open, head 1 shut
+        y = gated(x, rope)
+        plain.proj.weight[:, 24:] = 0.0  # the plain layer with head 1's output removed
+        torch.testing.assert_close(y, plain(x, rope), atol=1e-6, rtol=1e-5)
+    assert plain.gate is None and sum(p.numel() for p in gated.gate.parameters()) == 48 * 2 + 2
 
 
 @pytest.mark.parametrize("use_moe", [True, False])

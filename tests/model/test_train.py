@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+from model.checkpoint import CHECKPOINT_FORMAT
 from model.data import VolumeDataset
 from model.encoder import Encoder
-from model.presets import get_preset
-from model.train import StepBatches, load_encoder, train
+from model.presets import ablation_ladder, get_preset
+from model.train import StepBatches, _postfix, cooldown, load_encoder, train
 from tests.model import TINY, blob_volumes, single_thread
 
 TRAIN = get_preset("tiny").train  # batch 2, 20 steps, warmup 5
@@ -34,8 +35,37 @@ def test_loss_decreases_over_twenty_tiny_steps(tmp_path):
     first, last = sum(result.losses[:4]) / 4, sum(result.losses[-4:]) / 4
     assert last < 0.95 * first, result.losses
     assert [r["step"] for r in logs] == list(range(1, 21))
-    assert {"lr", "loss", "grad_norm", "target_std", "moe0_minvio", "moe0_maxvio", "step_seconds"} <= set(logs[0])
     assert logs[0]["lr"] == pytest.approx(TRAIN.start_lr) and logs[-1]["lr"] == pytest.approx(TRAIN.lr)
+    assert [r["loss"] for r in logs] == list(result.losses)
+
+
+def test_every_step_logs_loss_lr_grad_norm_vio_and_throughput(tmp_path):
+    logs: list[dict] = []
+    cfg = dataclasses.replace(TRAIN, steps=2)
+    train(TINY, cfg, dataset(), tmp_path, metadata=META, log=logs.append, progress=False)
+    record = logs[-1]
+    keys = {"lr", "loss", "grad_norm", "target_std", "moe0_minvio", "moe0_maxvio", "minvio", "maxvio"}
+    assert keys | {"step_seconds", "data_seconds", "samples_per_s", "tokens_per_s"} <= set(record)
+    assert record["grad_norm"] > 0 and record["minvio"] <= 1.0 <= record["maxvio"]
+    assert (record["minvio"], record["maxvio"]) == (record["moe0_minvio"], record["moe0_maxvio"])  # one MoE layer
+    seconds = record["step_seconds"] + record["data_seconds"]
+    assert record["tokens_per_s"] == pytest.approx(576 * record["samples_per_s"])
+    assert record["samples_per_s"] == pytest.approx(TRAIN.batch_size / seconds, rel=0.2)  # (+ logging time)
+    postfix = _postfix(record)
+    assert list(postfix) == ["loss", "lr", "gnorm", "maxvio", "tok/s"]
+    assert postfix["loss"] == f"{record['loss']:.4f}"
+
+
+@pytest.mark.parametrize("rung", list(ablation_ladder(TINY)))
+def test_every_rung_of_the_ablation_ladder_trains_in_tiny(tmp_path, rung):
+    cfg = ablation_ladder(TINY)[rung]
+    logs: list[dict] = []
+    result = train(cfg, dataclasses.replace(TRAIN, steps=1), dataset(), tmp_path, metadata=META, log=logs.append,
+                   progress=False)  # fmt: skip
+    assert result.skipped_steps == 0 and result.final_loss > 0
+    generators = {k for k in logs[0] if k.startswith("loss_g")}
+    assert generators == {f"loss_g{g}" for g in range(cfg.n_mask_generators)}  # 2 for V-JEPA 2, else 3
+    assert ("maxvio" in logs[0]) == cfg.use_moe  # routing statistics exactly when there are experts
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
@@ -85,6 +115,12 @@ def test_resume_refuses_a_different_model_config(tmp_path):
         train(dataclasses.replace(TINY, enc_depth=3), TRAIN, dataset(), tmp_path, metadata=META, progress=False)
 
 
+def test_compiling_the_grouped_moe_off_cuda_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="compile=True with moe_impl='grouped' needs the bf16 autocast of CUDA"):
+        train(TINY, dataclasses.replace(TRAIN, compile=True, device="cpu"), dataset(), tmp_path, metadata=META)
+    assert not (tmp_path / "last.pt").exists()
+
+
 def test_metadata_must_be_json_serialisable(tmp_path):
     with pytest.raises(ValueError, match="JSON-serialisable"):
         train(TINY, TRAIN, dataset(), tmp_path, metadata={"when": object()}, progress=False)
@@ -96,3 +132,75 @@ def test_step_batches_cover_each_epoch_once_and_are_deterministic():
     assert sorted(first_epoch) == [0, 1, 2, 3, 4]
     assert batches.indices(7) == StepBatches(list(range(5)), None, 2, 0).indices(7)  # type: ignore[arg-type]
     assert [draw for _, draw in batches.indices(3)] == [6, 7]
+
+
+def test_cooldown_continues_a_main_checkpoint_and_decays_lr_to_final_lr(tmp_path):
+    main = train(TINY, dataclasses.replace(TRAIN, steps=2), dataset(), tmp_path / "main", metadata=META, progress=False)
+    cfg = dataclasses.replace(TRAIN, cooldown_steps=4, final_lr=1e-6)
+    logs: list[dict] = []
+    result = cooldown(
+        TINY, cfg, dataset(), tmp_path / "cool", init_from=main.checkpoint_path, metadata=META, log=logs.append,
+        progress=False,
+    )  # fmt: skip
+    assert result.steps == 4 and len(result.losses) == 4 and result.skipped_steps == 0
+    lrs = [r["lr"] for r in logs]
+    assert lrs == pytest.approx([cfg.lr + (1e-6 - cfg.lr) * k / 4 for k in (1, 2, 3, 4)])
+    state = torch.load(result.checkpoint_path, weights_only=True)
+    assert state["phase"] == "cooldown" and state["step"] == 4
+    assert state["init"] == {"path": str(main.checkpoint_path), "step": 2}
+    adam_steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {6.0}  # AdamW moments carried over from the main phase: 2 + 4 updates
+
+
+def test_cooldown_resumes_exactly_and_phases_never_share_a_checkpoint(tmp_path):
+    main = train(TINY, dataclasses.replace(TRAIN, steps=1), dataset(), tmp_path / "main", metadata=META, progress=False)
+    cfg = dataclasses.replace(TRAIN, cooldown_steps=4, checkpoint_every=2)
+
+    def cool(out: str, c=cfg, log=None):
+        return cooldown(TINY, c, dataset(), tmp_path / out, init_from=main.checkpoint_path, metadata=META, log=log,
+                        progress=False)  # fmt: skip
+
+    straight = cool("a")
+
+    def crash_at_step_3(record: dict) -> None:  # killed after the step-2 checkpoint was written
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cool("b", log=crash_at_step_3)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
+    resumed = cool("b")
+    assert resumed.losses == straight.losses  # bit-for-bit, lr schedule and data stream included
+    a = torch.load(straight.checkpoint_path, weights_only=True)["model"]
+    b = torch.load(resumed.checkpoint_path, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(ValueError, match="different \\['cooldown_steps'\\]"):  # it shapes the schedule
+        cool("b", c=dataclasses.replace(cfg, cooldown_steps=6))
+    with pytest.raises(ValueError, match="is a main-phase checkpoint, but this is the cooldown phase"):
+        cool("main")
+    with pytest.raises(ValueError, match="is a cooldown-phase checkpoint; cool down a main-phase one"):
+        cooldown(TINY, cfg, dataset(), tmp_path / "c", init_from=straight.checkpoint_path, metadata=META)
+
+
+def test_resume_refuses_a_different_world_size(tmp_path):
+    result = train(TINY, dataclasses.replace(TRAIN, steps=1), dataset(), tmp_path, metadata=META, progress=False)
+    state = torch.load(result.checkpoint_path, weights_only=True)
+    assert state["format"] == CHECKPOINT_FORMAT and state["world_size"] == 1 and state["phase"] == "main"
+    state["world_size"] = 2
+    torch.save(state, result.checkpoint_path)
+    with pytest.raises(ValueError, match="trained by 2 processes and this run has 1"):
+        train(TINY, TRAIN, dataset(), tmp_path, metadata=META, progress=False)
+
+
+def test_load_encoder_reads_checkpoints_from_before_the_attention_gate(tmp_path):
+    old_cfg = dataclasses.replace(TINY, attn_gate=False)
+    encoder = Encoder(old_cfg)
+    config = {k: v for k, v in old_cfg.to_dict().items() if k != "attn_gate"}  # format 1 had no such field
+    weights = {f"target_encoder.{k}": v for k, v in encoder.state_dict().items()}
+    torch.save({"format": 1, "model_config": config, "model": weights}, tmp_path / "old.pt")
+    loaded, cfg = load_encoder(tmp_path / "old.pt")
+    assert cfg == old_cfg and loaded.blocks[0].attn.gate is None
+    (tmp_path / "old.pt").rename(tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="format 1, this code writes 2; training cannot continue from it"):
+        train(TINY, TRAIN, dataset(), tmp_path, metadata=META, progress=False)
