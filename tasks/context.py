@@ -21,6 +21,12 @@ PIPELINE_VERSION = "curate-1"
 KEY_FILE = "deid.key"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True
+    ).stdout.strip()
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version plus the git commit when running from a checkout (recorded in checkpoints)."""
@@ -29,22 +35,8 @@ def code_version() -> str:
     except PackageNotFoundError:
         pkg = "0+unknown"
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        sha = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         return f"{pkg}+g{sha}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return pkg
