@@ -30,8 +30,9 @@ from tasks.templates import (
     model_grid_spacing,
     model_grid_template,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path("/work/shared/data/nifti")
+DATA = SHARED_DATA / "nifti"
 T1 = DATA / "t1w_chris.nii.gz"
 T2 = DATA / "t2w_head.nii.gz"
 

@@ -24,8 +24,9 @@ from tasks.skullstrip import (
     select_backend,
 )
 from tasks.templates import MODEL_GRID_SHAPE, model_grid_affine, model_grid_brain_mask, model_grid_voxel_ml
+from tests.conftest import SHARED_DATA
 
-T1 = Path("/work/shared/data/nifti/t1w_chris.nii.gz")
+T1 = SHARED_DATA / "nifti" / "t1w_chris.nii.gz"
 needs_data = pytest.mark.skipif(not T1.exists(), reason=f"real test data {T1} not found")
 
 
