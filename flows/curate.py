@@ -84,6 +84,9 @@ def curate_flow(
     if not work:
         update_progress_artifact(progress, 100.0)
 
+    flagged = units.group_outliers_task(ctx)
+    if flagged:
+        log.info("%d volumes sent to review as outliers within their scanner/sequence group", flagged)
     build = units.shards_task(ctx)
     units.announce_snapshot_task(ctx, build, min_new_volumes)
     summary = curation_summary(ctx, scan_files=scan.n_files, plan=plan, build=build)

@@ -9,7 +9,6 @@ functions, so a killed run redoes a half-finished series from scratch without du
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -121,7 +120,7 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
     """Compute metrics, decide, and write the volume + QC rows; mark the series curated."""
     if s is None:
         return None
-    from tasks.qc import QCThresholds, compute_metrics, decide
+    from tasks.qc import QCThresholds, compute_metrics, decide, qc_row
 
     reg, conv = s.reg, s.reg.conv
     item = conv.item
@@ -157,33 +156,9 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
             }
         ],
     )
-    m.upsert(
-        "qc",
-        [
-            {
-                "volume_id": item.volume_id,
-                "decision": decision,
-                "reasons": list(reasons),
-                "snr": metrics.get("snr"),
-                "cnr": metrics.get("cnr"),
-                "brain_volume_ml": metrics.get("brain_volume_ml"),
-                "fov_coverage": metrics.get("fov_coverage"),
-                "similarity": metrics.get("similarity"),
-                "metrics_json": json.dumps({k: _num(v) for k, v in metrics.items()}, sort_keys=True),
-                "updated_at": now(),
-            }
-        ],
-    )
+    m.upsert("qc", [qc_row(item.volume_id, metrics, decision, reasons)])
     mark_series(ctx, item, "curated", None, f"qc {decision}" + (f": {', '.join(reasons)}" if reasons else ""))
     return QCResult(item.volume_id, item.label, decision, tuple(reasons))
-
-
-def _num(v: object) -> float | None:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f  # NaN -> null in JSON
 
 
 def process_series(

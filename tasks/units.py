@@ -90,6 +90,15 @@ def qc_task(ctx: WarehouseContext, stripped: preprocess.Stripped | None) -> prep
     return preprocess.qc_step(ctx, stripped)
 
 
+@task(name="qc-group-outliers", **_COMMON)
+def group_outliers_task(ctx: WarehouseContext) -> int:
+    """Robust z-scores within (scanner model, sequence class): pass -> review for outliers."""
+    from tasks.qc import QCThresholds
+    from tasks.qc_groups import apply_group_outliers
+
+    return apply_group_outliers(ctx.manifest, QCThresholds())
+
+
 @task(name="build-shards", retries=1, retry_delay_seconds=2, **_COMMON)
 def shards_task(ctx: WarehouseContext) -> shards.ShardBuild:
     return shards.build_shards(ctx)

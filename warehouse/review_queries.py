@@ -81,6 +81,8 @@ def _scored_sql() -> str:
     The score is the largest |robust z| over the metrics (0 when no metric has spread in its group),
     so a volume that is extreme in any single metric rises to the top of the queue. NaN and inf
     metrics count as missing. `decision` is the automatic decision; ratings are joined later.
+    When the curation flow has stored a direction-aware `qc.outlier_score` (tasks.qc_groups, groups of
+    at least 10 volumes) that score is used instead.
     """
     clean = ", ".join(f"CASE WHEN isfinite(q.{c}) THEN q.{c} END AS {c}" for c in METRICS)
     stats = ", ".join(f"median({c}) AS {c}_med, mad({c}) AS {c}_mad" for c in METRICS)
@@ -90,7 +92,7 @@ def _scored_sql() -> str:
         WITH b AS (
             SELECT v.volume_id, v.subject_id, v.label, v.manufacturer, v.model_name,
                    s.study_date_shifted AS study_date, {_site_expression()} AS site,
-                   q.decision, {clean}, q.metrics_json
+                   q.decision, {clean}, q.metrics_json, q.outlier_score AS stored_score
             FROM volumes v JOIN qc q USING (volume_id) LEFT JOIN series s ON s.series_key = v.series_key
         ),
         g AS (
@@ -101,7 +103,7 @@ def _scored_sql() -> str:
             SELECT b.*, g.group_n, {zs}
             FROM b JOIN g ON coalesce(b.model_name, '') = g.gm AND coalesce(b.label, '') = g.gl
         )
-        SELECT *, coalesce(greatest({greatest}), 0.0) AS score FROM z
+        SELECT *, coalesce(stored_score, greatest({greatest}), 0.0) AS score FROM z
     """
 
 

@@ -121,6 +121,16 @@ TABLES: dict[str, Table] = {
             ("similarity", "DOUBLE"),
             ("metrics_json", "VARCHAR"),
             ("updated_at", "TIMESTAMP"),
+            # Added for issue 5 (appended, so old warehouses migrate to the same column order):
+            ("snr_wm", "DOUBLE"),
+            ("cjv", "DOUBLE"),
+            ("efc", "DOUBLE"),
+            ("fber", "DOUBLE"),
+            ("wm2max", "DOUBLE"),
+            ("inu", "DOUBLE"),
+            ("qi1", "DOUBLE"),
+            ("mask_mni_dice", "DOUBLE"),
+            ("outlier_score", "DOUBLE"),  # max bad-direction robust z in its group (tasks.qc_groups)
         ),
         _t(
             "ratings",

@@ -11,16 +11,26 @@ import numpy as np
 import pytest
 
 from tasks.qc import (
+    QC_METRIC_COLUMNS,
     QCThresholds,
+    artifact_fraction,
     background_mask,
     background_noise,
     cjv,
     cnr,
     compute_metrics,
     decide,
+    dice,
+    efc,
+    fber,
     head_mask,
+    inu_spread,
+    native_tissue_metrics,
     otsu_threshold,
+    qc_row,
     snr,
+    snr_wm,
+    wm2max,
 )
 from tasks.templates import (
     MODEL_GRID_SHAPE,
@@ -137,6 +147,16 @@ def test_compute_metrics_known_answers(synthetic_files: dict[str, Path]) -> None
     assert m["n_slices"] == 96.0
     assert (m["similarity"], m["fov_coverage"]) == (0.8, 0.97)
     assert all(isinstance(v, float) for v in m.values())
+    # New metrics on the same phantom: head of constant 100 in Gaussian air of σ 4.
+    head = head_mask(np.nan_to_num(nib.load(str(p["native"])).get_fdata()))
+    assert m["fber"] == pytest.approx(BRAIN**2 / SIGMA**2, rel=0.1)  # mean energy 1e4 against σ² = 16
+    assert m["qi1"] == pytest.approx(0.0, abs=1e-4)  # pure noise is not an artifact
+    assert m["inu"] < 0.05  # no bias field was applied
+    assert math.isnan(m["snr_wm"])  # no registration transform beside these files: WM not found natively
+    assert 0.0 < m["efc"] < 1.0
+    assert m["wm2max"] == pytest.approx(1.0, abs=0.01)  # WM (120) is the brightest tissue of `registered`
+    assert m["mask_mni_dice"] == 1.0  # the mask is the MNI brain mask itself
+    assert head.sum() > 0
 
 
 # ------------------------------------------------------------------------------------------ decide
@@ -176,6 +196,10 @@ def test_a_good_volume_passes() -> None:
         ({"brain_volume_ml": 700.0}, "review", "brain_volume_out_of_range"),
         ({"snr": 6.0}, "review", "snr_below_10"),
         ({"cnr": 1.1}, "review", "cnr_below_2"),
+        ({"brain_volume_ml": 310.0}, "fail", "mask_below_500ml"),
+        ({"qi1": 0.02}, "review", "qi1_above_0.005"),
+        ({"inu": 0.5}, "review", "inu_above_0.35"),
+        ({"mask_mni_dice": 0.89}, "review", "mask_mni_dice_below_0.92"),
     ],
 )
 def test_each_rule_fires(changes: dict[str, float], status: str, reason: str) -> None:
@@ -222,3 +246,212 @@ def test_background_excludes_brain_inside_an_open_scalp_shell():
     bg = background_mask(img, (2.0, 2.0, 2.0), margin_mm=4.0)
     assert not bg[r < 18].any()
     assert img[bg].std() < 10
+
+
+def test_flair_has_no_cnr_floor_but_other_contrasts_do() -> None:
+    low = _with(cnr=0.8)
+    assert decide(low, contrast="FLAIR") == ("pass", ())  # GM ≈ WM is what FLAIR is built for
+    assert decide(low, contrast="T1w") == ("review", ("cnr_below_2",))
+    assert decide(low) == ("review", ("cnr_below_2",))
+
+
+def test_new_metrics_at_their_limits_do_not_fire() -> None:
+    t = QCThresholds()
+    at_limit = _with(qi1=t.max_qi1, inu=t.max_inu, mask_mni_dice=t.min_mask_mni_dice, brain_volume_ml=t.min_brain_ml)
+    assert decide(at_limit) == ("pass", ())
+    assert decide(_with(qi1=float("nan"), inu=float("nan"), mask_mni_dice=float("nan"))) == ("pass", ())
+
+
+def test_dice_known_answers() -> None:
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[:4], b[2:6] = True, True  # 400 voxels each, 200 shared
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, a) == 1.0 and dice(a, ~a) == 0.0
+    assert math.isnan(dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+# ------------------------------------------------------------------------------ new metrics, known answers
+
+
+def test_efc_is_one_for_a_uniform_image_and_zero_for_a_single_voxel() -> None:
+    assert efc(np.full((10, 10, 10), 7.0)) == pytest.approx(1.0)
+    point = np.zeros((10, 10, 10))
+    point[5, 5, 5] = 100.0
+    assert efc(point) == pytest.approx(0.0, abs=1e-12)
+    # Blurring spreads the energy over more voxels: entropy, hence EFC, rises.
+    from scipy import ndimage
+
+    cube = np.zeros((32, 32, 32))
+    cube[12:20, 12:20, 12:20] = 100.0
+    assert efc(ndimage.gaussian_filter(cube, 3.0)) > efc(cube)
+    # Half the voxels at one level, half 0: E = √(N/2)·ln√(N/2), so EFC = ln(N/2) / (√2 · ln N) ≈ 0.63.
+    half = np.zeros(1000)
+    half[:500] = 3.0
+    n = 1000
+    assert efc(half) == pytest.approx(
+        math.sqrt(n / 2) * math.log(math.sqrt(n / 2)) / (math.sqrt(n) * math.log(math.sqrt(n)))
+    )
+    assert math.isnan(efc(np.zeros(50))) and math.isnan(efc(np.array([1.0])))
+
+
+def test_fber_is_the_ratio_of_mean_energies() -> None:
+    head = np.full(1000, 10.0)  # energy 100
+    air = np.tile([2.0, -2.0], 500)  # energy exactly 4
+    assert fber(head, air) == pytest.approx(25.0)
+    assert fber(np.tile([3.0, 4.0], 50), air) == pytest.approx(12.5 / 4.0)  # (9 + 16) / 2 = 12.5
+    zero_filled = np.concatenate([np.zeros(900), np.full(100, 2.0)])
+    assert math.isnan(fber(head, zero_filled))
+    assert math.isnan(fber(head, air[:50]))  # too few air voxels to say anything
+
+
+def test_wm2max_divides_the_wm_median_by_the_high_percentile() -> None:
+    image = np.linspace(0.0, 100.0, 20001)  # the 99.95th percentile of this ramp is 99.95
+    assert wm2max(np.array([50.0, 60.0, 70.0]), image) == pytest.approx(60.0 / 99.95)
+    spiked = np.concatenate([image, np.full(100, 1000.0)])  # a few very bright voxels squeeze the range
+    assert wm2max(np.array([60.0]), spiked) < 0.2
+    assert math.isnan(wm2max(np.empty(0), image)) and math.isnan(wm2max(np.ones(3), np.zeros(10)))
+
+
+def test_snr_wm_is_mean_over_std() -> None:
+    values = np.tile([95.0, 105.0], 500)  # mean 100, sample std 5.0025
+    assert snr_wm(values) == pytest.approx(100.0 / np.std(values, ddof=1))
+    assert snr_wm(np.random.default_rng(3).normal(100.0, 5.0, 50000)) == pytest.approx(20.0, rel=0.02)
+    assert math.isnan(snr_wm(np.full(10, 3.0))) and math.isnan(snr_wm(np.array([1.0])))
+
+
+def test_inu_spread_of_known_fields() -> None:
+    assert inu_spread(np.ones(1000)) == 0.0
+    ramp = np.linspace(1.0, 1.6, 100001)  # values spread evenly over [1, 1.6]
+    assert inu_spread(ramp) == pytest.approx(0.9 * 0.6 / 1.3, rel=1e-3)
+    assert inu_spread(7.0 * ramp) == pytest.approx(inu_spread(ramp))  # N4's arbitrary scale drops out
+    assert math.isnan(inu_spread(np.ones(5)))
+
+
+def _ghost_phantom(zero_air: bool) -> tuple[np.ndarray, np.ndarray]:
+    data = _phantom(seed=4)
+    if zero_air:
+        data[data != BRAIN] = 0.0
+    bg = background_mask(data, (1.0, 1.0, 1.0))
+    return data, bg
+
+
+def test_qi1_is_zero_for_noise_and_counts_ghosts() -> None:
+    data, bg = _ghost_phantom(zero_air=False)
+    assert artifact_fraction(data, bg, signal=BRAIN) == 0.0  # Gaussian air: isolated 5σ voxels are opened away
+    rayleigh = np.hypot(*np.random.default_rng(5).normal(0.0, SIGMA, (2, *data.shape)))
+    magnitude = np.where(data == BRAIN, data, rayleigh)
+    assert artifact_fraction(magnitude, background_mask(magnitude, (1.0, 1.0, 1.0)), signal=BRAIN) < 1e-4
+    # A ghost: a copy of the head at 30 % intensity, shifted 45 voxels along one axis (phase encode).
+    ghost = 0.3 * np.roll(np.where(data == BRAIN, BRAIN, 0.0), 45, axis=1)
+    ghosted = data + ghost
+    ghost_in_air = (ghost > 0) & bg
+    q = artifact_fraction(ghosted, bg, signal=BRAIN)
+    assert q == pytest.approx(ghost_in_air.sum() / bg.sum(), rel=0.1)
+    assert q > QCThresholds().max_qi1
+
+
+def test_qi1_on_a_zero_filled_air_uses_the_signal_floor() -> None:
+    data, bg = _ghost_phantom(zero_air=True)
+    assert artifact_fraction(data, bg, signal=BRAIN) == 0.0
+    ghost = np.roll(np.where(data == BRAIN, BRAIN, 0.0), 45, axis=1)
+    faint, visible = data + 0.02 * ghost, data + 0.2 * ghost  # 2 % and 20 % of the tissue signal
+    assert artifact_fraction(faint, bg, signal=BRAIN) == 0.0  # below the 5 % floor
+    assert artifact_fraction(visible, bg, signal=BRAIN) > 0.05
+    assert math.isnan(artifact_fraction(data, np.zeros_like(bg), signal=BRAIN))
+
+
+def test_inu_recovers_a_known_multiplicative_field() -> None:
+    """N4 on a phantom head times exp(g·x): the measured spread matches the field's own (p95−p5)/median."""
+    data = _phantom(shape=(80, 80, 80), radius=34.0, seed=6)
+    x = (np.arange(80, dtype=np.float32) - 39.5) / 34.0  # −1..1 across the head
+    log_field = 0.4 * x[:, None, None] * np.ones((1, 80, 80), np.float32)  # exp(±0.4) along one axis
+    affine = np.eye(4)
+    empty = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), affine)
+    flat = native_tissue_metrics(data, affine, empty, empty, transform=None)
+    biased = native_tissue_metrics(data * np.exp(log_field), affine, empty, empty, transform=None)
+    # The truth over the same region N4 is read in (the head eroded by 10 mm).
+    from scipy import ndimage
+
+    inner = ndimage.distance_transform_edt(data == BRAIN) > 10.0
+    truth = inu_spread(np.exp(log_field)[inner])
+    assert flat["inu"] < 0.05
+    assert biased["inu"] == pytest.approx(truth, rel=0.1)  # measured 0.419 against 0.415
+    assert biased["inu"] > QCThresholds().max_inu > flat["inu"]
+    assert math.isnan(biased["snr_wm"])  # no transform: no WM map in native space
+
+
+# ------------------------------------------------------------------------------------------ warehouse row
+
+
+def test_qc_row_fills_every_qc_column_and_nulls_nan(tmp_path: Path) -> None:
+    from warehouse.manifest import Manifest
+    from warehouse.schema import table
+
+    metrics = {**GOOD, "snr": float("nan"), "qi1": 0.001, "inu": 0.12, "efc": 0.55, "extra": 3.0}
+    row = qc_row("vol-1", metrics, "pass", [])
+    assert set(row) == set(table("qc").column_names)
+    assert row["snr"] is None and row["qi1"] == 0.001 and row["outlier_score"] is None
+    assert '"snr": null' in row["metrics_json"] and '"extra": 3.0' in row["metrics_json"]
+    assert set(QC_METRIC_COLUMNS) <= set(table("qc").column_names)
+    m = Manifest(tmp_path).init()
+    m.upsert("qc", [row, qc_row("vol-2", GOOD, "review", ["snr_below_10"])])
+    stored = m.query("SELECT volume_id, decision, reasons, snr, inu FROM qc ORDER BY volume_id")
+    assert stored[0] == {"volume_id": "vol-1", "decision": "pass", "reasons": [], "snr": None, "inu": 0.12}
+    assert stored[1]["reasons"] == ["snr_below_10"]
+    with pytest.raises(ValueError, match="'ok' is not one of pass, review, fail"):
+        qc_row("vol-3", GOOD, "ok", [])
+
+
+# ---------------------------------------------------------------------------- injected artifact, real data
+
+
+def test_ghosting_injected_into_a_real_t1w_is_caught(tmp_path: Path, shared_data: Path) -> None:
+    """t1w_chris passes; the same image with motion ghosts (0.5 rad phase errors along A-P) does not.
+
+    One registration serves both: ghosts live in the native image's air, where QI1 and SNR are measured,
+    and barely move the affine (bench/qc_detection.py registers every variant anew). The MNI brain mask
+    stands in for deepbet's (it only sets the brain mean and volume), keeping the test near 20 s.
+    """
+    from synth.contrast import add_phase_ghosting
+    from tasks.register import register_to_mni
+    from tasks.templates import model_grid_brain_mask
+
+    t1 = shared_data / "nifti" / "t1w_chris.nii.gz"
+    reg = register_to_mni(t1, tmp_path / "reg", contrast="T1w")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(model_grid_brain_mask(), str(mask))
+    img = nib.load(str(t1))
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S"), "the ghosting below assumes RAS axes"
+    stack = np.transpose(img.get_fdata(dtype=np.float32), (2, 0, 1))  # (S slices, R rows, A cols)
+    ghosted = add_phase_ghosting(stack, 2, np.random.default_rng(0), amplitude_rad=0.5)
+    ghost_path = tmp_path / "ghosted.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(ghosted, (1, 2, 0)), img.affine), str(ghost_path))
+
+    args = (Path(reg.registered_path), mask, Path(reg.fov_path), reg.similarity, reg.fov_coverage)
+    clean = compute_metrics(t1, *args)
+    ghost = compute_metrics(ghost_path, *args)
+    assert decide(clean, contrast="T1w") == ("pass", ())
+    status, reasons = decide(ghost, contrast="T1w")
+    assert status == "review" and "qi1_above_0.005" in reasons
+    assert ghost["qi1"] > 10 * QCThresholds().max_qi1 > clean["qi1"]
+    assert ghost["efc"] > clean["efc"]  # energy spread into the air
+    assert math.isfinite(clean["snr_wm"]) and math.isfinite(clean["inu"])  # the transform was found
+
+
+def test_background_excludes_a_cavity_that_opens_into_the_image_border() -> None:
+    """A pharynx-like cavity between two walls of the neck, open to three image borders (the FOV cuts the
+    neck): no 2D or 3D hole fill closes it, but it lies between head voxels along y (regression: the
+    Siemens XA30 T1's pharynx counted as air and QI1 read 0.085)."""
+    z, y, x = np.mgrid[:60, :60, :60]
+    img = np.random.default_rng(1).normal(20, 5, size=z.shape)
+    img[((z - 42) ** 2 + (y - 30) ** 2 + (x - 30) ** 2) < 16**2] = 600  # head
+    neck = z < 30
+    img[neck & (((y >= 18) & (y < 22)) | ((y >= 38) & (y < 42)))] = 900  # neck walls across the whole x range
+    cavity = neck & (y >= 22) & (y < 38)
+    img[cavity] = np.random.default_rng(2).normal(20, 5, size=int(cavity.sum()))  # dark, noise-like
+    head = head_mask(img)
+    assert not head[cavity].all()  # hole filling alone leaves the cavity out of the head ...
+    bg = background_mask(img, (2.0, 2.0, 2.0), margin_mm=4.0, head=head)
+    assert not bg[cavity].any()  # ... but it is not air
+    assert bg[55:, :5, :5].all() and bg[:, 50:, 50:].sum() > 1000  # the real air is kept
