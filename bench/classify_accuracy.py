@@ -219,6 +219,18 @@ def _print_metrics(title: str, m: dict[str, object]) -> None:
         print(f"  {t:<7}" + "".join(f"{confusion[(t, p)]:>7}" for p in LABELS))  # type: ignore[index]
 
 
+def _error_key(s) -> tuple:
+    """How misclassified rows are grouped in the report: dataset, suffix, description, truth, prediction."""
+    return (
+        s.row.get("dataset", ""),
+        s.row.get("bids_suffix", ""),
+        s.row.get("SeriesDescription", "") or s.row.get("ProtocolName", ""),
+        s.truth,
+        s.result.label,
+        s.result.needs_review,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="labelled CSV (default: the shared dev CSV)")
@@ -235,29 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     flagged = sum(1 for s in wrong if s.result.needs_review)
     review_total = sum(1 for s in scored if s.result.needs_review)
     print(f"  sent to review: {review_total} series; of the {len(wrong)} errors, {flagged} are among them")
-    groups = Counter(
-        (
-            s.row.get("dataset", ""),
-            s.row.get("bids_suffix", ""),
-            s.row.get("SeriesDescription", "") or s.row.get("ProtocolName", ""),
-            s.truth,
-            s.result.label,
-            s.result.needs_review,
-        )
-        for s in wrong
-    )
+    groups = Counter(_error_key(s) for s in wrong)
     print(f"\nMisclassified rows ({len(wrong)}), grouped: count dataset suffix description: truth -> predicted")
     example = {}
     for s in wrong:
-        key = (
-            s.row.get("dataset", ""),
-            s.row.get("bids_suffix", ""),
-            s.row.get("SeriesDescription", "") or s.row.get("ProtocolName", ""),
-            s.truth,
-            s.result.label,
-            s.result.needs_review,
-        )
-        example.setdefault(key, s.result.explanation)
+        example.setdefault(_error_key(s), s.result.explanation)
     for (ds_name, suffix, desc, truth, pred, review), count in groups.most_common(args.max_rows_shown):
         flag = " [review]" if review else ""
         print(f"  {count:>4} {ds_name} {suffix} {desc!r}: {truth} -> {pred}{flag}")
