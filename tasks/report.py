@@ -92,8 +92,7 @@ def _mosaic(ctx: WarehouseContext, snapshot_id: str | None, n: int = 6) -> str |
 
     from tasks.train import load_snapshot_arrays
 
-    members, arrays = load_snapshot_arrays(ctx, snapshot_id)
-    members, arrays = members[:n], arrays[:n]
+    members, arrays = load_snapshot_arrays(ctx, snapshot_id, limit=n)  # not the whole snapshot
     fig, axes = plt.subplots(len(arrays), 3, figsize=(6, 2 * len(arrays)), squeeze=False)
     for row, (m, a) in enumerate(zip(members, arrays, strict=True)):
         cx, cy, cz = (s // 2 for s in a.shape)

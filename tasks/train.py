@@ -36,9 +36,11 @@ class PretrainOutcome:
     n_volumes: int
 
 
-def load_snapshot_arrays(ctx: WarehouseContext, snapshot_id: str) -> tuple[list[dict], list[np.ndarray]]:
-    """Members of a snapshot and their volumes as float32 arrays, read from the shards."""
-    members = snapshot_members(ctx.manifest, snapshot_id)
+def load_snapshot_arrays(
+    ctx: WarehouseContext, snapshot_id: str, limit: int | None = None
+) -> tuple[list[dict], list[np.ndarray]]:
+    """Members of a snapshot (the first `limit` of them, if given) and their volumes as float32 arrays."""
+    members = snapshot_members(ctx.manifest, snapshot_id)[:limit]
     readers: dict[str, ShardReader] = {}
     arrays = []
     for row in members:
