@@ -4,7 +4,7 @@ Each row is a BIDS sidecar of a real OpenNeuro series (12 datasets, Siemens/GE/P
 back into the DICOM header the scanner would have written: a real pydicom Dataset with times in ms,
 multi-valued code strings, ImageType, vendor names as scanners spell them, and GE's pulse-sequence
 name in GE's private element. The header then goes through the classifier's public entry point,
-`tasks.classify.classify_dataset`, the same normalisation and rules the curation flow applies.
+`imaging.classify.classify_dataset`, the same normalisation and rules the curation flow applies.
 
 The label columns (`label`, `bids_suffix`, `datatype`, `acq`, `TaskName`, the dataset and subject
 names) never reach the header: they are the answer.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from tasks.classify import LABELS, Classification, classify_dataset
+from imaging.classify import LABELS, Classification, classify_dataset
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "series_metadata_dev.csv"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

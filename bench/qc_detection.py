@@ -3,7 +3,7 @@
 Clean volumes: the three real NIfTIs in ../shared/data/nifti (t1w_chris, t2w_head, flair_lesions), the
 real Philips MPRAGE from ../shared/data/dicom (clean-only, a fourth real false-alarm check), and the
 T1w/T2w/FLAIR series of a synthetic export (``SynthConfig.preset("tiny")``: two subjects on two
-scanners), converted with ``tasks.convert.convert_series`` as the flow does. The export's one
+scanners), converted with ``imaging.convert.convert_series`` as the flow does. The export's one
 motion-corrupted series (its generator ghosts the last subject's FLAIR) is scored apart, as a natural
 positive, and is neither a clean volume nor a parent of injected copies.
 
@@ -52,7 +52,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tasks.qc import QCThresholds, compute_metrics, decide, head_mask, inu_spread
+from imaging.qc import QCThresholds, compute_metrics, decide, head_mask, inu_spread
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nifti"
 REAL_VOLUMES = (("t1w_chris", "T1w"), ("t2w_head", "T2w"), ("flair_lesions", "FLAIR"))
@@ -121,8 +121,8 @@ def philips_mprage(folder: Path) -> CleanVolume:
     """
     import gzip
 
-    from tasks.convert import convert_series
-    from tasks.ingest import scan_source
+    from imaging.convert import convert_series
+    from imaging.ingest import scan_source
 
     source = REAL_DATA.parent / "dicom" / "philips_flat_folder"
     files = sorted(source.glob("*.dcm.gz"))
@@ -141,9 +141,9 @@ def philips_mprage(folder: Path) -> CleanVolume:
 
 def synthetic_volumes(folder: Path) -> list[CleanVolume]:
     """T1w/T2w/FLAIR of a tiny synthetic export, converted to NIfTI as the flow converts them."""
+    from imaging.convert import convert_series
+    from imaging.ingest import scan_source
     from synth.export import SynthConfig, generate_export
-    from tasks.convert import convert_series
-    from tasks.ingest import scan_source
 
     summary = generate_export(folder / "export", SynthConfig.preset("tiny"))
     truth = {r["SeriesInstanceUID"]: r for r in json.loads(summary.truth_json.read_text())["series"]}
@@ -247,7 +247,7 @@ def _native_variant(clean: CleanVolume, artifact: str, out: Path, seed: int) -> 
 
 
 def _mask(registered: Path, out: Path, reference: Path | None) -> Path:
-    from tasks.skullstrip import DeepbetBackend, mask_from_reference
+    from imaging.skullstrip import DeepbetBackend, mask_from_reference
 
     if reference is not None:
         return mask_from_reference(reference, out / "mask.nii.gz")
@@ -265,7 +265,7 @@ def _error(clean: CleanVolume, artifact: str, err: Exception) -> Case:
 
 def run_case(clean: CleanVolume, artifact: str, out: Path, reference_mask: Path | None, seed: int) -> Case:
     """Inject ``artifact`` into ``clean`` and run register → mask → metrics → decide in ``out``."""
-    from tasks.register import register_to_mni
+    from imaging.register import register_to_mni
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -284,8 +284,8 @@ def run_misregistration(clean: CleanVolume, clean_dir: Path, out: Path, referenc
     """Rotate the clean case's registered image and FOV by MISREGISTRATION_DEG, then mask and score."""
     from scipy import ndimage
 
-    from tasks.register import SIMILARITY_FWHM_MM, TRANSFORM_NAME, similarity_to_template
-    from tasks.templates import model_grid_affine, model_grid_brain_mask, model_grid_template
+    from imaging.register import SIMILARITY_FWHM_MM, TRANSFORM_NAME, similarity_to_template
+    from imaging.templates import model_grid_affine, model_grid_brain_mask, model_grid_template
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

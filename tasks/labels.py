@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from imaging.deid import Pseudonymizer
 from tasks.context import WarehouseContext
-from tasks.deid import Pseudonymizer
 from warehouse.manifest import now
 
 LABEL_COLUMNS = ("lesion", "enlarged_ventricles")

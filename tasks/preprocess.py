@@ -62,7 +62,7 @@ def _fail(ctx: WarehouseContext, item: WorkItem, stage: str, err: Exception) -> 
 
 
 def convert_step(ctx: WarehouseContext, item: WorkItem) -> Converted | None:
-    from tasks.convert import convert_series
+    from imaging.convert import convert_series
 
     out = ctx.derivatives(item.subject_id, item.series_key) / "native.nii.gz"
     try:
@@ -76,7 +76,7 @@ def convert_step(ctx: WarehouseContext, item: WorkItem) -> Converted | None:
 def register_step(ctx: WarehouseContext, conv: Converted | None) -> Registered | None:
     if conv is None:
         return None
-    from tasks.register import register_to_mni
+    from imaging.register import register_to_mni
 
     try:
         r = register_to_mni(conv.native, conv.native.parent, contrast=conv.item.label)
@@ -99,7 +99,7 @@ def skullstrip_step(
     """
     if reg is None:
         return None
-    from tasks.skullstrip import mask_from_reference, select_backend
+    from imaging.skullstrip import mask_from_reference, select_backend
 
     item = reg.conv.item
     out = reg.registered.parent / "mask.nii.gz"
@@ -120,7 +120,8 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
     """Compute metrics, decide, and write the volume + QC rows; mark the series curated."""
     if s is None:
         return None
-    from tasks.qc import QCThresholds, compute_metrics, decide, qc_row
+    from imaging.qc import QCThresholds, compute_metrics, decide
+    from tasks.qc_rows import qc_row
 
     reg, conv = s.reg, s.reg.conv
     item = conv.item

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.qc import QCThresholds
+from imaging.qc import QCThresholds
 from warehouse.manifest import WRITE_LOCK, Manifest, now
 
 OUTLIER_PREFIX = "outlier_"

@@ -11,10 +11,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.classify import classify_series
+from imaging.classify import classify_series
+from imaging.deid import Pseudonymizer
+from imaging.ingest import ScanResult, SeriesRecord
 from tasks.context import PIPELINE_VERSION, WarehouseContext
-from tasks.deid import Pseudonymizer
-from tasks.ingest import ScanResult, SeriesRecord
 from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now
 from warehouse.queries import done_series

@@ -1,7 +1,7 @@
 """Human review of sequence classes: the queue, reviewers' labels, and how curation honours them.
 
 The classifier flags a series (`Classification.needs_review`) when it is unsure (confidence below
-`tasks.classify.REVIEW_BELOW`) or when the header physics and the description disagree. Those
+`imaging.classify.REVIEW_BELOW`) or when the header physics and the description disagree. Those
 series wait here for a person. A reviewer's label goes to the manifest table `class_reviews`, keyed
 by the series pseudonym; reruns never overwrite it, and every place that classifies a series passes
 the automatic result through `apply_overrides`, so the human label wins from then on.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasks.classify import LABELS, STRUCTURAL, Classification
+from imaging.classify import LABELS, STRUCTURAL, Classification
 from warehouse.manifest import Manifest, now
 from warehouse.queries import (
     class_review,

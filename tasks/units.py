@@ -19,13 +19,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from imaging.deid import Pseudonymizer
+from imaging.ingest import ScanResult, scan_source
 from tasks import evaluate as evaluate_mod
 from tasks import labels as labels_mod
 from tasks import preprocess, record, report, shards, train
 from tasks import summary as summary_mod
 from tasks.context import WarehouseContext, open_warehouse
-from tasks.deid import Pseudonymizer
-from tasks.ingest import ScanResult, scan_source
 
 _COMMON = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -93,7 +93,7 @@ def qc_task(ctx: WarehouseContext, stripped: preprocess.Stripped | None) -> prep
 @task(name="qc-group-outliers", **_COMMON)
 def group_outliers_task(ctx: WarehouseContext) -> int:
     """Robust z-scores within (scanner model, sequence class): pass -> review for outliers."""
-    from tasks.qc import QCThresholds
+    from imaging.qc import QCThresholds
     from tasks.qc_groups import apply_group_outliers
 
     return apply_group_outliers(ctx.manifest, QCThresholds())

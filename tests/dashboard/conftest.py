@@ -82,7 +82,7 @@ def _shift(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def _build(root: Path) -> Path:
-    from tasks.templates import mni_template, model_grid_affine, model_grid_brain_mask, model_grid_template
+    from imaging.templates import mni_template, model_grid_affine, model_grid_brain_mask, model_grid_template
 
     ctx = open_warehouse(root)
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from dashboard.app import SESSION_COOKIE, create_app
 from dashboard.server import build_server, check_bind, is_loopback
-from flows import cli_dashboard
+from flows.commands import dashboard as cli_dashboard
 from tests.dashboard.conftest import PASSING, VOLUMES
 from warehouse.manifest import Manifest
 

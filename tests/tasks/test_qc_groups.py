@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.qc import QCThresholds, qc_row
+from imaging.qc import QCThresholds
 from tasks.qc_groups import (
     VolumeQC,
     apply_group_outliers,
     robust_location_scale,
     score_groups,
 )
+from tasks.qc_rows import qc_row
 from warehouse.manifest import Manifest, now
 
 T = QCThresholds()

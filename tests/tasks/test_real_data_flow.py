@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.deid import find_phi, phi_values
+from imaging.deid import find_phi, phi_values
 from warehouse.manifest import Manifest
 
 pytestmark = pytest.mark.slow

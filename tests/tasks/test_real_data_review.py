@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.classify import Classification, classify_series
+from imaging.classify import Classification, classify_series
+from imaging.deid import Pseudonymizer
+from imaging.ingest import ScanResult, scan_source
 from tasks.context import open_warehouse
-from tasks.deid import Pseudonymizer
-from tasks.ingest import ScanResult, scan_source
 from tasks.record import record_scan
 from tasks.review import (
     MAX_NOTE_CHARS,

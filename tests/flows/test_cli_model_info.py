@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli_model import add_parser, run
+from flows.commands.model_info import add_parser, run
 from model.presets import count_parameters, get_preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def test_unknown_preset_is_rejected_with_the_valid_names(capsys):
 
 def test_model_info_does_not_import_torch():
     code = (
-        "import sys, argparse; from flows.cli_model import add_parser, run\n"
+        "import sys, argparse; from flows.commands.model_info import add_parser, run\n"
         "p = argparse.ArgumentParser(); add_parser(p.add_subparsers(dest='c'))\n"
         "run(p.parse_args(['model-info', '--json']))\n"
         "print('HEAVY', [m for m in ('torch', 'numpy', 'prefect') if m in sys.modules])\n"

@@ -2,7 +2,7 @@
 
 The templates come from nilearn's wheel (ICBM152 2009a nonlinear symmetric, 1 mm), so nothing is
 downloaded at run time. That template is *brain only* (no skull, no scalp): registration therefore
-aligns a brain estimate of the native image to it (see ``tasks/register.py``).
+aligns a brain estimate of the native image to it (see ``imaging/register.py``).
 
 The model grid is the fixed input geometry of the JEPA encoder (design.md §3 and §6): 96×108×96
 voxels, isotropic, RAS, centred on the bounding box of the MNI brain mask, with the smallest spacing

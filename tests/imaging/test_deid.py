@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.deid import KEY_ENV_VAR, Pseudonymizer
+from imaging.deid import KEY_ENV_VAR, Pseudonymizer
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))

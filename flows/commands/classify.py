@@ -1,6 +1,6 @@
 """`mrifoundry classify SOURCE_DIR`: print the sequence class of every series in a DICOM folder.
 
-Thin CLI wiring: the scan and the rules live in `tasks.classify` (the code the curation flow runs),
+Thin CLI wiring: the scan and the rules live in `imaging.classify` (the code the curation flow runs),
 so what this prints is what `curate` would decide. Nothing is written anywhere; no Prefect needed.
 """
 
@@ -28,12 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("source", type=Path, help="folder with the DICOM export (or one file)")
     p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default csv)")
     p.add_argument("--workers", type=int, default=None, help="header-reading processes (default: CPUs available)")
+    p.set_defaults(handler=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `classify`; returns the exit status (2 with a message on stderr for a bad source)."""
-    from tasks.classify import classify_source, format_rows
+    from imaging.classify import classify_source, format_rows
 
     if not Path(args.source).exists():
         print(f"mrifoundry classify: error: source {args.source} does not exist; pass a DICOM folder", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.ingest import (
+from imaging.ingest import (
     FILE_REASONS,
     MIN_SLICES,
     SERIES_REASONS,

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks.register import (
+from imaging.register import (
     FOV_NAME,
     REGISTERED_NAME,
     RegistrationError,
@@ -21,7 +21,7 @@ from tasks.register import (
     register_to_mni,
     similarity_to_template,
 )
-from tasks.templates import (
+from imaging.templates import (
     MODEL_GRID_SHAPE,
     mni_brain_mask,
     model_grid_affine,
@@ -85,7 +85,7 @@ def test_model_grid_is_isotropic_ras_and_holds_the_whole_mni_brain() -> None:
 
 
 def test_contrast_templates_have_their_textbook_ordering() -> None:
-    from tasks.templates import model_grid_gm, model_grid_wm
+    from imaging.templates import model_grid_gm, model_grid_wm
 
     gm = model_grid_gm().get_fdata() > 0.7
     wm = model_grid_wm().get_fdata() > 0.9

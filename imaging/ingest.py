@@ -16,7 +16,7 @@ big-endian, deflated and preamble-less files, and anything the walker finds odd,
 Both paths feed the same `header_from_dataset`, and a test holds them equal on every real file.
 
 Raw identifiers (patient ID, study/series UIDs) live only in the in-memory records returned here;
-`tasks.deid` turns them into keyed pseudonyms before anything is persisted.
+`imaging.deid` turns them into keyed pseudonyms before anything is persisted.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class SeriesHeader:
 
     Times are in milliseconds (as DICOM stores them); an InversionTime of 0 (GE writes it for non-IR
     sequences) becomes None. Multi-valued code strings are tuples of upper-case strings.
-    `study_date` is the raw DICOM date: only `tasks.deid` may turn it into a shifted date.
+    `study_date` is the raw DICOM date: only `imaging.deid` may turn it into a shifted date.
     `vendor_sequence` is the vendor's own sequence name from its private tags (Philips "T1TFE",
     GE "MP-RAGE"); `complex_part` is MAGNITUDE/PHASE/REAL/IMAGINARY where only a private tag says it;
     `angio_flag` is AngioFlag "Y" (the scanner marks angiography acquisitions); `epi_factor` is the

@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks import skullstrip
-from tasks.qc import QCThresholds, compute_metrics, decide
-from tasks.register import RegistrationResult, register_to_mni
-from tasks.skullstrip import (
+from imaging import skullstrip
+from imaging.qc import QCThresholds, compute_metrics, decide
+from imaging.register import RegistrationResult, register_to_mni
+from imaging.skullstrip import (
     ENV_VAR,
     DeepbetBackend,
     SkullStripBackend,
@@ -23,7 +23,7 @@ from tasks.skullstrip import (
     mask_from_reference,
     select_backend,
 )
-from tasks.templates import MODEL_GRID_SHAPE, model_grid_affine, model_grid_brain_mask, model_grid_voxel_ml
+from imaging.templates import MODEL_GRID_SHAPE, model_grid_affine, model_grid_brain_mask, model_grid_voxel_ml
 from tests.conftest import SHARED_DATA
 
 T1 = SHARED_DATA / "nifti" / "t1w_chris.nii.gz"

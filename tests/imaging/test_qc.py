@@ -10,8 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks.qc import (
-    QC_METRIC_COLUMNS,
+from imaging.qc import (
     QCThresholds,
     artifact_fraction,
     background_mask,
@@ -27,12 +26,11 @@ from tasks.qc import (
     inu_spread,
     native_tissue_metrics,
     otsu_threshold,
-    qc_row,
     snr,
     snr_wm,
     wm2max,
 )
-from tasks.templates import (
+from imaging.templates import (
     MODEL_GRID_SHAPE,
     model_grid_affine,
     model_grid_brain_mask,
@@ -233,7 +231,7 @@ def test_thresholds_are_frozen_and_configurable() -> None:
 def test_background_excludes_brain_inside_an_open_scalp_shell():
     """T1w: bright scalp, dark skull, brain inside, shell open at the neck (regression: the brain was
     counted as background because a 3D hole fill cannot close an open shell)."""
-    from tasks.qc import background_mask
+    from imaging.qc import background_mask
 
     z, y, x = np.mgrid[:60, :60, :60]
     r = np.sqrt((z - 35) ** 2 + (y - 30) ** 2 + (x - 30) ** 2)
@@ -381,28 +379,6 @@ def test_inu_recovers_a_known_multiplicative_field() -> None:
     assert math.isnan(biased["snr_wm"])  # no transform: no WM map in native space
 
 
-# ------------------------------------------------------------------------------------------ warehouse row
-
-
-def test_qc_row_fills_every_qc_column_and_nulls_nan(tmp_path: Path) -> None:
-    from warehouse.manifest import Manifest
-    from warehouse.schema import table
-
-    metrics = {**GOOD, "snr": float("nan"), "qi1": 0.001, "inu": 0.12, "efc": 0.55, "extra": 3.0}
-    row = qc_row("vol-1", metrics, "pass", [])
-    assert set(row) == set(table("qc").column_names)
-    assert row["snr"] is None and row["qi1"] == 0.001 and row["outlier_score"] is None
-    assert '"snr": null' in row["metrics_json"] and '"extra": 3.0' in row["metrics_json"]
-    assert set(QC_METRIC_COLUMNS) <= set(table("qc").column_names)
-    m = Manifest(tmp_path).init()
-    m.upsert("qc", [row, qc_row("vol-2", GOOD, "review", ["snr_below_10"])])
-    stored = m.query("SELECT volume_id, decision, reasons, snr, inu FROM qc ORDER BY volume_id")
-    assert stored[0] == {"volume_id": "vol-1", "decision": "pass", "reasons": [], "snr": None, "inu": 0.12}
-    assert stored[1]["reasons"] == ["snr_below_10"]
-    with pytest.raises(ValueError, match="'ok' is not one of pass, review, fail"):
-        qc_row("vol-3", GOOD, "ok", [])
-
-
 # ---------------------------------------------------------------------------- injected artifact, real data
 
 
@@ -413,9 +389,9 @@ def test_ghosting_injected_into_a_real_t1w_is_caught(tmp_path: Path, shared_data
     and barely move the affine (bench/qc_detection.py registers every variant anew). The MNI brain mask
     stands in for deepbet's (it only sets the brain mean and volume), keeping the test near 20 s.
     """
+    from imaging.register import register_to_mni
+    from imaging.templates import model_grid_brain_mask
     from synth.contrast import add_phase_ghosting
-    from tasks.register import register_to_mni
-    from tasks.templates import model_grid_brain_mask
 
     t1 = shared_data / "nifti" / "t1w_chris.nii.gz"
     reg = register_to_mni(t1, tmp_path / "reg", contrast="T1w")

@@ -15,10 +15,10 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-import tasks.ingest as ingest
+import imaging.ingest as ingest
+from imaging.deid import Pseudonymizer
+from imaging.ingest import FILE_REASONS, SERIES_REASONS, header_from_dataset, read_file, scan_source
 from tasks.context import open_warehouse
-from tasks.deid import Pseudonymizer
-from tasks.ingest import FILE_REASONS, SERIES_REASONS, header_from_dataset, read_file, scan_source
 from tasks.record import record_scan
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

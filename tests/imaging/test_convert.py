@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import tasks.convert as convert_mod
-from tasks.convert import ConversionError, ConversionResult, convert_series
+import imaging.convert as convert_mod
+from imaging.convert import ConversionError, ConversionResult, convert_series
 
 
 def philips(shared_data: Path, number: int) -> list[Path]:

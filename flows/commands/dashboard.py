@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "prefer $MRIFOUNDRY_DASHBOARD_TOKEN, which does not show in the process list",
     )
     p.add_argument("--rater", default=None, help="rater name stored when the browser sends none (default: OS user)")
+    p.set_defaults(handler=run)
     return p
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import nibabel as nib
 import numpy as np
 
-from tasks.templates import MODEL_GRID_SHAPE, model_grid_affine, save_nifti_atomic
+from imaging.templates import MODEL_GRID_SHAPE, model_grid_affine, save_nifti_atomic
 
 if TYPE_CHECKING:
     from deepbet.bet import BrainExtraction

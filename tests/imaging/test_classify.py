@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from tasks.classify import classify_series
-from tasks.ingest import SeriesHeader, scan_source
+from imaging.classify import classify_series
+from imaging.ingest import SeriesHeader, scan_source
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "classify_accuracy.py"
 # Goals of issue 3 on the dev CSV: overall accuracy, and recall of each structural class.
@@ -455,7 +455,7 @@ def test_classify_dataset_is_the_flow_logic(shared_data: Path) -> None:
     """The public single-header entry point gives the curation flow's answer on a real file."""
     import pydicom
 
-    from tasks.classify import classify_dataset
+    from imaging.classify import classify_dataset
 
     path = next((shared_data / "dicom" / "siemens_xa30_enhanced_t1" / "In").glob("*.dcm"))
     ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from tasks.templates import (
+from imaging.templates import (
     CONTRASTS,
     MODEL_GRID_SHAPE,
     contrast_template,
@@ -260,7 +260,7 @@ def register_to_mni(
     # 1. Brain localisation in native space (mask on its own grid; only its world position matters).
     brain_img = None
     if localiser != "none":
-        from tasks.skullstrip import deepbet_coarse_mask, deepbet_mask
+        from imaging.skullstrip import deepbet_coarse_mask, deepbet_mask
 
         try:
             if localiser == "deepbet-coarse":
@@ -393,7 +393,7 @@ def _template_mask_2mm() -> ants.ANTsImage:
     """MNI brain mask at the registration spacing, the metric mask for whole-head registration."""
     import ants
 
-    from tasks.templates import mni_brain_mask
+    from imaging.templates import mni_brain_mask
 
     mask = mni_brain_mask()
     img = nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.float32), mask.affine)

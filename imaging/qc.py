@@ -27,7 +27,7 @@ metrics that need no background are still there for the rules and the group-wise
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -586,8 +586,8 @@ def compute_metrics(
         (voxels along the shortest native axis, i.e. the slice count of a 2D stack), ``has_nan``
         (1.0 if the native image holds NaN or ±inf). See each function for the formula.
     """
-    from tasks.register import TRANSFORM_NAME
-    from tasks.templates import model_grid_brain_mask, model_grid_gm, model_grid_wm
+    from imaging.register import TRANSFORM_NAME
+    from imaging.templates import model_grid_brain_mask, model_grid_gm, model_grid_wm
 
     nat = nib.load(str(native))
     nat_data = np.asarray(nat.get_fdata(dtype=np.float32))
@@ -734,34 +734,3 @@ QC_METRIC_COLUMNS: tuple[str, ...] = (
     "similarity",
 )
 """Metrics stored as their own ``qc`` columns (filterable in SQL); every metric is also in metrics_json."""
-
-
-def _finite_or_none(value: object) -> float | None:
-    try:
-        f = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def qc_row(volume_id: str, metrics: Mapping[str, float], decision: str, reasons: Sequence[str]) -> dict[str, object]:
-    """The complete ``qc`` table row of one volume, ready for ``Manifest.upsert("qc", [row])``.
-
-    NaN and ±inf become NULL (SQL and JSON have no NaN). ``outlier_score`` starts NULL: the group step
-    (``tasks.qc_groups.apply_group_outliers``) fills it once the whole run is in.
-
-    Raises:
-        ValueError: ``decision`` is not one of ``STATUSES``.
-    """
-    import json
-
-    from warehouse.manifest import now
-
-    if decision not in STATUSES:
-        raise ValueError(f"QC decision {decision!r} is not one of {', '.join(STATUSES)}; use decide() to make one")
-    row: dict[str, object] = {"volume_id": volume_id, "decision": decision, "reasons": list(reasons)}
-    row.update({c: _finite_or_none(metrics.get(c)) for c in QC_METRIC_COLUMNS})
-    row["metrics_json"] = json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}, sort_keys=True)
-    row["outlier_score"] = None
-    row["updated_at"] = now()
-    return row

@@ -10,10 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from tasks.classify import classify_source, format_rows
+from imaging.classify import classify_source, format_rows
+from imaging.deid import PHI_KEYWORDS, Pseudonymizer, find_phi, phi_values
+from imaging.ingest import scan_source
 from tasks.context import open_warehouse
-from tasks.deid import PHI_KEYWORDS, Pseudonymizer, find_phi, phi_values
-from tasks.ingest import scan_source
 from tasks.preprocess import convert_step
 from tasks.record import record_scan
 from warehouse.schema import TABLES

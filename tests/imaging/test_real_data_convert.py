@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import tasks.convert as convert_mod
-from tasks.convert import ConversionError, ConversionResult, convert_series, dicom_grid
+import imaging.convert as convert_mod
+from imaging.convert import ConversionError, ConversionResult, convert_series, dicom_grid
 
 ORIGIN_TOLERANCE_MM = 1.0
 

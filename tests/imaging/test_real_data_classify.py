@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from flows import cli_classify
-from tasks.classify import ROW_FIELDS, classify_source, format_rows
+from flows.commands import classify as cli_classify
+from imaging.classify import ROW_FIELDS, classify_source, format_rows
+from imaging.deid import Pseudonymizer
+from imaging.ingest import scan_source
 from tasks.context import open_warehouse
-from tasks.deid import Pseudonymizer
-from tasks.ingest import scan_source
 from tasks.record import record_scan
 
 PHILIPS_LABELS = {1301: "T1w", 1901: "other", 1903: "other", 2001: "other"}
