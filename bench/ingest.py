@@ -1,4 +1,4 @@
-"""Benchmark: header scan speed of `imaging.ingest.scan_source` beside two baselines, same files, one run.
+"""Benchmark: header scan speed of `imaging.dicom.scan_source` beside two baselines, same files, one run.
 
 Baselines:
 - naive: a single-process loop of `pydicom.dcmread(path)` (what a first script would do);
@@ -29,7 +29,7 @@ from pathlib import Path
 import pydicom
 
 from imaging.convert import dcm2niix_binary
-from imaging.ingest import default_workers, scan_source
+from imaging.dicom import default_workers, scan_source
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "philips_flat_folder"
 

@@ -122,7 +122,7 @@ def philips_mprage(folder: Path) -> CleanVolume:
     import gzip
 
     from imaging.convert import convert_series
-    from imaging.ingest import scan_source
+    from imaging.dicom import scan_source
 
     source = REAL_DATA.parent / "dicom" / "philips_flat_folder"
     files = sorted(source.glob("*.dcm.gz"))
@@ -142,7 +142,7 @@ def philips_mprage(folder: Path) -> CleanVolume:
 def synthetic_volumes(folder: Path) -> list[CleanVolume]:
     """T1w/T2w/FLAIR of a tiny synthetic export, converted to NIfTI as the flow converts them."""
     from imaging.convert import convert_series
-    from imaging.ingest import scan_source
+    from imaging.dicom import scan_source
     from synth.export import SynthConfig, generate_export
 
     summary = generate_export(folder / "export", SynthConfig.preset("tiny"))

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging.ingest import SeriesHeader, header_from_dataset, scan_source
+from imaging.dicom import SeriesHeader, header_from_dataset, scan_source
 
 STRUCTURAL = ("T1w", "T2w", "FLAIR")
 LABELS = (*STRUCTURAL, "other")
@@ -382,7 +382,7 @@ def classify_dataset(ds: Any) -> Classification:
     """Classify one DICOM instance (a pydicom Dataset, classic or enhanced) of a series.
 
     The public entry point for a single header: it normalises the header exactly as the scan does
-    (`imaging.ingest.header_from_dataset`) and applies `classify_series`, so a header classified here
+    (`imaging.dicom.header_from_dataset`) and applies `classify_series`, so a header classified here
     gets the label the curation flow would give its series.
     """
     return classify_series(header_from_dataset(ds))

@@ -201,7 +201,7 @@ def dicom_layout(files: Sequence[Path]) -> tuple[DicomGrid | None, int]:
     position refers to the whole tile; unreadable files; broken stacks, which the converters refuse
     anyway). The volume count lets a 4D series be refused before anything is converted.
     """
-    from imaging.ingest import read_file, series_geometry
+    from imaging.dicom import read_file, series_geometry
 
     infos = [read_file(Path(f)) for f in files]
     if not infos or any(not hasattr(i, "positions") for i in infos):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imaging.classify import classify_series
 from imaging.deid import Pseudonymizer
-from imaging.ingest import ScanResult, SeriesRecord
+from imaging.dicom import ScanResult, SeriesRecord
 from tasks.context import PIPELINE_VERSION, WarehouseContext
 from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now

@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from imaging.deid import Pseudonymizer
-from imaging.ingest import ScanResult, scan_source
+from imaging.dicom import ScanResult, scan_source
 from tasks import evaluate as evaluate_mod
 from tasks import labels as labels_mod
 from tasks import preprocess, record, report, shards, train

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 from imaging.classify import classify_series
-from imaging.ingest import SeriesHeader, scan_source
+from imaging.dicom import SeriesHeader, scan_source
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "classify_accuracy.py"
 # Goals of issue 3 on the dev CSV: overall accuracy, and recall of each structural class.

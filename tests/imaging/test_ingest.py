@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging.ingest import (
+from imaging.dicom import (
     FILE_REASONS,
     MIN_SLICES,
     SERIES_REASONS,

@@ -13,7 +13,7 @@ import pytest
 from flows.commands import classify as cli_classify
 from imaging.classify import ROW_FIELDS, classify_source, format_rows
 from imaging.deid import Pseudonymizer
-from imaging.ingest import scan_source
+from imaging.dicom import scan_source
 from tasks.context import open_warehouse
 from tasks.record import record_scan
 

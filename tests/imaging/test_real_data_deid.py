@@ -12,7 +12,7 @@ import pytest
 
 from imaging.classify import classify_source, format_rows
 from imaging.deid import PHI_KEYWORDS, Pseudonymizer, find_phi, phi_values
-from imaging.ingest import scan_source
+from imaging.dicom import scan_source
 from tasks.context import open_warehouse
 from tasks.preprocess import convert_step
 from tasks.record import record_scan

@@ -15,9 +15,9 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-import imaging.ingest as ingest
+import imaging.dicom.scan as ingest
 from imaging.deid import Pseudonymizer
-from imaging.ingest import FILE_REASONS, SERIES_REASONS, header_from_dataset, read_file, scan_source
+from imaging.dicom import FILE_REASONS, SERIES_REASONS, header_from_dataset, read_file, scan_source
 from tasks.context import open_warehouse
 from tasks.record import record_scan
 

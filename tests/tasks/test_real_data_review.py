@@ -9,7 +9,7 @@ import pytest
 
 from imaging.classify import Classification, classify_series
 from imaging.deid import Pseudonymizer
-from imaging.ingest import ScanResult, scan_source
+from imaging.dicom import ScanResult, scan_source
 from tasks.context import open_warehouse
 from tasks.record import record_scan
 from tasks.review import (
