@@ -1,4 +1,4 @@
-"""Robust group outliers (tasks.qc_groups): the maths on plain values, then the manifest round trip."""
+"""Robust group outliers (imaging.qc.groups, tasks.qc_groups): maths on plain values, then the manifest."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaging.qc import QCThresholds
-from tasks.qc_groups import (
-    VolumeQC,
-    apply_group_outliers,
-    robust_location_scale,
-    score_groups,
-)
+from imaging.qc import QCThresholds, VolumeQC, robust_location_scale, score_groups
+from tasks.qc_groups import apply_group_outliers
 from tasks.qc_rows import qc_row
 from warehouse.manifest import Manifest, now
 
