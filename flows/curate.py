@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import units
+from tasks.lifecycle import run_lifecycle
 from tasks.summary import curation_summary, markdown_table
-from warehouse.manifest import now
 
 
 # Two workers: registration (ITK) and skull-stripping (torch) are multi-threaded already, so more
@@ -34,64 +34,63 @@ def curate_flow(
             newly sharded volumes on.
     """
     log = get_run_logger()
-    started = now()
     params = {"skullstrip": skullstrip, "labels": bool(labels_csv)}
     ctx = units.open_warehouse_task(warehouse, run_id)
-    units.record_run_task(ctx, "curate", started, "running", params)
-    scan = units.scan_task(source)
-    log.info(
-        "scanned %d files in %.1f s: %d series, %d files skipped (unreadable or duplicate)",
-        scan.n_files,
-        scan.seconds,
-        len(scan.series),
-        len(scan.rejected_files),
-    )
-    plan = units.record_task(ctx, source, scan)
-    log.info(
-        "%d series to preprocess (%d unchanged, %d rejected, %d other, %d held for class review)",
-        len(plan.work),
-        plan.n_unchanged,
-        plan.n_rejected,
-        plan.n_other,
-        plan.n_review,
-    )
-    if labels_csv:
-        log.info("imported labels for %d subjects", units.labels_task(ctx, labels_csv))
-
-    work = plan.ordered()
-    progress = create_progress_artifact(0.0, key="curation-progress", description="series preprocessed")
-    t1_masks = {}
-    pending = []
-    for item in work:
-        conv = units.convert_task.submit(ctx, item)
-        reg = units.register_task.submit(ctx, conv)
-        ref = t1_masks.get(item.study_id) if item.label != "T1w" else None
-        stripped = units.skullstrip_task.submit(ctx, reg, skullstrip, ref)
-        if item.label == "T1w":
-            t1_masks.setdefault(item.study_id, stripped)
-        pending.append((item, units.qc_task.submit(ctx, stripped)))
-    for i, (item, fut) in enumerate(pending, start=1):
-        res = fut.result()
+    with run_lifecycle(ctx.manifest, ctx.run_id, "curate", params, redact=(source, labels_csv or "")) as run:
+        scan = units.scan_task(source)
         log.info(
-            "[%d/%d] %s %s: %s",
-            i,
-            len(work),
-            item.label,
-            item.series_key,
-            res.decision + (f" ({', '.join(res.reasons)})" if res.reasons else "") if res else "failed",
+            "scanned %d files in %.1f s: %d series, %d files skipped (unreadable or duplicate)",
+            scan.n_files,
+            scan.seconds,
+            len(scan.series),
+            len(scan.rejected_files),
         )
-        update_progress_artifact(progress, 100.0 * i / len(work))
-    if not work:
-        update_progress_artifact(progress, 100.0)
+        plan = units.record_task(ctx, source, scan)
+        log.info(
+            "%d series to preprocess (%d unchanged, %d rejected, %d other, %d held for class review)",
+            len(plan.work),
+            plan.n_unchanged,
+            plan.n_rejected,
+            plan.n_other,
+            plan.n_review,
+        )
+        if labels_csv:
+            log.info("imported labels for %d subjects", units.labels_task(ctx, labels_csv))
 
-    flagged = units.group_outliers_task(ctx)
-    if flagged:
-        log.info("%d volumes sent to review as outliers within their scanner/sequence group", flagged)
-    build = units.shards_task(ctx)
-    units.announce_snapshot_task(ctx, build, min_new_volumes)
-    summary = curation_summary(ctx, scan_files=scan.n_files, plan=plan, build=build)
-    units.record_run_task(ctx, "curate", started, "completed", params, summary)
-    create_markdown_artifact(
-        markdown=markdown_table(summary), key="curation-summary", description="curation run summary"
-    )
+        work = plan.ordered()
+        progress = create_progress_artifact(0.0, key="curation-progress", description="series preprocessed")
+        t1_masks = {}
+        pending = []
+        for item in work:
+            conv = units.convert_task.submit(ctx, item)
+            reg = units.register_task.submit(ctx, conv)
+            ref = t1_masks.get(item.study_id) if item.label != "T1w" else None
+            stripped = units.skullstrip_task.submit(ctx, reg, skullstrip, ref)
+            if item.label == "T1w":
+                t1_masks.setdefault(item.study_id, stripped)
+            pending.append((item, units.qc_task.submit(ctx, stripped)))
+        for i, (item, fut) in enumerate(pending, start=1):
+            res = fut.result()
+            log.info(
+                "[%d/%d] %s %s: %s",
+                i,
+                len(work),
+                item.label,
+                item.series_key,
+                res.decision + (f" ({', '.join(res.reasons)})" if res.reasons else "") if res else "failed",
+            )
+            update_progress_artifact(progress, 100.0 * i / len(work))
+        if not work:
+            update_progress_artifact(progress, 100.0)
+
+        flagged = units.group_outliers_task(ctx)
+        if flagged:
+            log.info("%d volumes sent to review as outliers within their scanner/sequence group", flagged)
+        build = units.shards_task(ctx)
+        units.announce_snapshot_task(ctx, build, min_new_volumes)
+        summary = curation_summary(ctx, scan_files=scan.n_files, plan=plan, build=build)
+        run.summary = summary
+        create_markdown_artifact(
+            markdown=markdown_table(summary), key="curation-summary", description="curation run summary"
+        )
     return summary

@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import units
+from tasks.lifecycle import run_lifecycle
 from tasks.summary import markdown_table
-from warehouse.manifest import now
 
 
 @flow(name="pretrain")
@@ -22,17 +22,12 @@ def pretrain_flow(
 ) -> dict:
     """Pretrain on a snapshot; resumes a killed run and does not repeat a finished one."""
     log = get_run_logger()
-    started = now()
     params = {"preset": preset, "snapshot_id": snapshot_id, "steps": steps}
     ctx = units.open_warehouse_task(warehouse, run_id)
-    units.record_run_task(ctx, "pretrain", started, "running", params)
-    try:
+    with run_lifecycle(ctx.manifest, ctx.run_id, "pretrain", params) as run:
         out = units.pretrain_task(ctx, preset, snapshot_id, steps)
-    except Exception:
-        units.record_run_task(ctx, "pretrain", started, "failed", params)
-        raise
-    summary = {k: (str(v) if k == "checkpoint_path" else v) for k, v in asdict(out).items()}
-    units.record_run_task(ctx, "pretrain", started, "completed", params, summary)
+        summary = {k: (str(v) if k == "checkpoint_path" else v) for k, v in asdict(out).items()}
+        run.summary = summary
     log.info(
         "checkpoint %s after %d steps: loss %.4f -> %.4f",
         out.checkpoint_id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tasks.lifecycle import sweep_interrupted
 from warehouse.manifest import Manifest
 
 # Bump when a stage's output changes meaning: series curated by an older version are redone.
@@ -87,5 +88,22 @@ def open_warehouse(root: Path | str, run_id: str | None = None) -> WarehouseCont
         raise NotADirectoryError(f"--warehouse {root} is a file; pass a directory (it is created if missing)")
     for sub in ("shards", "checkpoints", "reports", "derivatives"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    Manifest(root).init()
+    manifest = Manifest(root).init()
+    sweep_interrupted(manifest)
     return WarehouseContext(root=root, run_id=run_id or f"run-{uuid.uuid4().hex[:12]}")
+
+
+def open_existing_warehouse(root: Path | str) -> WarehouseContext:
+    """Open a warehouse that must already exist (status, dashboard): nothing is created.
+
+    Old warehouses get new columns (additive migration) and dead runs are marked interrupted, so
+    a reader sees the same truth as the next flow would.
+    """
+    root = Path(root).expanduser().resolve()
+    manifest = Manifest(root)
+    if not manifest.path.is_file():
+        raise FileNotFoundError(
+            f"no warehouse at {root} (no {manifest.path.name}); run `mrifoundry curate SOURCE --warehouse {root}` first"
+        )
+    sweep_interrupted(manifest.init())
+    return WarehouseContext(root=root, run_id="read-only")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from tasks.context import WarehouseContext
 from tasks.record import ScanPlan
 from tasks.shards import ShardBuild
-from warehouse.manifest import now
 from warehouse.queries import status
 
 
@@ -43,27 +41,3 @@ def markdown_table(summary: dict[str, Any]) -> str:
     for k, v in summary.items():
         lines.append(f"| {k} | {json.dumps(v, default=str) if not isinstance(v, str) else v} |")
     return "\n".join(lines)
-
-
-def record_run(
-    ctx: WarehouseContext,
-    flow: str,
-    started_at: datetime,
-    status_: str,
-    params: dict[str, Any],
-    summary: dict[str, Any] | None,
-) -> None:
-    ctx.manifest.upsert(
-        "runs",
-        [
-            {
-                "run_id": ctx.run_id,
-                "flow": flow,
-                "status": status_,
-                "started_at": started_at,
-                "finished_at": now() if status_ != "running" else None,
-                "params_json": json.dumps(params, default=str, sort_keys=True),
-                "summary_json": json.dumps(summary, default=str, sort_keys=True) if summary else None,
-            }
-        ],
-    )

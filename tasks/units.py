@@ -12,9 +12,7 @@ Policy:
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -24,7 +22,6 @@ from imaging.dicom import ScanResult, scan_source
 from tasks import evaluate as evaluate_mod
 from tasks import labels as labels_mod
 from tasks import preprocess, record, report, shards, train
-from tasks import summary as summary_mod
 from tasks.context import WarehouseContext, open_warehouse
 
 _COMMON = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -119,18 +116,6 @@ def evaluate_task(ctx: WarehouseContext, checkpoint_id: str | None) -> evaluate_
 @task(name="run-report", **_COMMON)
 def report_task(ctx: WarehouseContext) -> str:
     return str(report.write_report(ctx))
-
-
-@task(name="record-run", **_COMMON)
-def record_run_task(
-    ctx: WarehouseContext,
-    flow: str,
-    started_at: datetime,
-    status: str,
-    params: dict[str, Any],
-    summary: dict[str, Any] | None = None,
-) -> None:
-    summary_mod.record_run(ctx, flow, started_at, status, params, summary)
 
 
 SNAPSHOT_EVENT = "mrifoundry.snapshot.committed"

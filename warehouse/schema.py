@@ -151,6 +151,36 @@ TABLES: dict[str, Table] = {
             ("lesion", "INTEGER"),
             ("enlarged_ventricles", "INTEGER"),
             ("updated_at", "TIMESTAMP"),
+            # Added for issue 10 (benchmark cohort targets; NULL for registry-imported labels):
+            ("age", "DOUBLE"),
+            ("lesion_count", "INTEGER"),
+            ("lesion_load_ml", "DOUBLE"),
+            ("survival_time", "DOUBLE"),
+            ("event", "INTEGER"),
+        ),
+        _t(
+            "subject_splits",
+            ("scheme", "subject_id"),
+            "Fixed patient-level splits (issue 10): scheme 'random' or 'held_out_site'; split "
+            "train/val/test, 'pool' (unlabelled pretraining) or 'unused'.",
+            ("scheme", "VARCHAR"),
+            ("subject_id", "VARCHAR"),
+            ("split", "VARCHAR"),
+            ("site", "VARCHAR"),
+            ("updated_at", "TIMESTAMP"),
+        ),
+        _t(
+            "cohorts",
+            ("cohort_id",),
+            "Generated benchmark cohorts (issue 10): which snapshot is the labelled set, which the pool.",
+            ("cohort_id", "VARCHAR"),
+            ("seed", "INTEGER"),
+            ("n_labelled", "INTEGER"),
+            ("n_pool", "INTEGER"),
+            ("labelled_snapshot_id", "VARCHAR"),
+            ("pool_snapshot_id", "VARCHAR"),
+            ("config_json", "VARCHAR"),
+            ("created_at", "TIMESTAMP"),
         ),
         _t(
             "shards",
@@ -188,7 +218,7 @@ TABLES: dict[str, Table] = {
         _t(
             "runs",
             ("run_id",),
-            "Every flow run that touched the warehouse, with its summary.",
+            "Every flow run that touched the warehouse: running, completed, failed (with the error) or interrupted.",
             ("run_id", "VARCHAR"),
             ("flow", "VARCHAR"),
             ("status", "VARCHAR"),
@@ -196,6 +226,11 @@ TABLES: dict[str, Table] = {
             ("finished_at", "TIMESTAMP"),
             ("params_json", "VARCHAR"),
             ("summary_json", "VARCHAR"),
+            # Lifecycle (tasks/lifecycle.py): who runs it, whether it is alive, and why it stopped.
+            ("host", "VARCHAR"),
+            ("pid", "INTEGER"),
+            ("heartbeat_at", "TIMESTAMP"),
+            ("error", "VARCHAR"),
         ),
         _t(
             "checkpoints",

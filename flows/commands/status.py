@@ -22,10 +22,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_status(warehouse: Path, as_json: bool) -> int:
-    from tasks.context import open_warehouse_readonly
+    from tasks.context import open_existing_warehouse
     from warehouse.queries import status
 
-    st = status(open_warehouse_readonly(warehouse).manifest)
+    st = status(open_existing_warehouse(warehouse).manifest)
     if as_json:
         print(json.dumps(st, default=str, indent=2))
         return 0
