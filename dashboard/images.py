@@ -15,14 +15,12 @@ left on the viewer's left); rows are sagittal, coronal, axial; physical aspect i
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 import re
 import uuid
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,6 @@ FOV_RGB = (255, 210, 0)
 # grey/white boundary of the T1w template (tissue intensities ~0.28 CSF, 0.66 GM, 0.88 WM).
 TEMPLATE_LEVELS = (0.25, 0.8)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_TEMPLATE_FILE = Path("datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 
 class UnsafePath(PermissionError):
@@ -163,6 +160,8 @@ def render(kind: str, main: Path, extra: Path | None = None) -> bytes:
             contours.append((mask, MASK_RGB))
             extent = mask if mask.any() else None
     elif kind == "overlay":
+        from imaging.templates import template_on_grid
+
         template = template_on_grid(data.shape, affine)
         if template is not None:
             for level in TEMPLATE_LEVELS:
@@ -203,43 +202,6 @@ def _window(data: np.ndarray) -> tuple[float, float]:
         lo, hi = min(0.0, float(values.min())), float(values.max())
         hi = hi if hi > lo else lo + 1.0
     return lo, hi
-
-
-def _template_path() -> Path | None:
-    """nilearn's MNI152 T1w file, found without importing nilearn (which takes seconds)."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / _TEMPLATE_FILE
-    return path if path.is_file() else None
-
-
-def template_on_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray | None:
-    """The MNI T1w template resampled onto a registered image's grid, scaled to its robust max.
-
-    Registered volumes of every contrast are compared with the T1w template's outlines: the brain
-    boundary and ventricles sit at the same place whatever the contrast, which is what a reviewer
-    checks in a registration overlay.
-    """
-    return _template_cached(tuple(int(s) for s in shape), tuple(np.round(np.asarray(affine), 6).ravel().tolist()))
-
-
-@lru_cache(maxsize=4)
-def _template_cached(shape: tuple[int, ...], affine_flat: tuple[float, ...]) -> np.ndarray | None:
-    import nibabel as nib
-    from scipy import ndimage
-
-    path = _template_path()
-    if path is None:
-        return None
-    img = nib.load(str(path))
-    tpl = np.asarray(img.dataobj, dtype=np.float32)
-    vox = np.linalg.inv(img.affine) @ np.asarray(affine_flat).reshape(4, 4)
-    out = ndimage.affine_transform(tpl, vox[:3, :3], offset=vox[:3, 3], output_shape=shape, order=1, cval=0.0)
-    # Light smoothing keeps the grey/white contour to the large structures instead of every voxel's noise.
-    out = ndimage.gaussian_filter(out, sigma=1.0)
-    inside = out[out > 0]
-    return out / (float(np.percentile(inside, 99.0)) if inside.size else 1.0)
 
 
 def _slice_positions(extent: np.ndarray, axis: int) -> list[int]:

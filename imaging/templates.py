@@ -14,6 +14,7 @@ images are shared, so callers must not modify their arrays in place.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import uuid
@@ -42,6 +43,10 @@ _TISSUE_INTENSITY: dict[str, tuple[float, float, float]] = {
     "T2w": (0.55, 0.35, 1.0),
     "FLAIR": (0.75, 0.55, 0.1),
 }
+
+
+_NILEARN_T1_FILE = Path("datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+"""nilearn's MNI152 T1w file, relative to the installed nilearn package."""
 
 
 def _as_float_image(img: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -80,6 +85,46 @@ def mni_wm_map() -> nib.Nifti1Image:
     from nilearn import datasets
 
     return _as_float_image(datasets.load_mni152_wm_template(resolution=1))
+
+
+def mni_template_file() -> Path | None:
+    """Path of nilearn's MNI152 T1w file, found without importing nilearn (which takes seconds).
+
+    The dashboard draws registration overlays from it on every cold render; None when nilearn is
+    not installed (the overlay is then drawn without template outlines).
+    """
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _NILEARN_T1_FILE
+    return path if path.is_file() else None
+
+
+def template_on_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray | None:
+    """The MNI T1w template resampled onto an image's grid, lightly smoothed, scaled to its robust max.
+
+    Registered volumes of every contrast are compared with the T1w template's outlines: the brain
+    boundary and ventricles sit at the same place whatever the contrast, which is what a reviewer
+    checks in a registration overlay. None when no template file is installed.
+    """
+    return _template_on_grid(tuple(int(s) for s in shape), tuple(np.round(np.asarray(affine), 6).ravel().tolist()))
+
+
+@lru_cache(maxsize=4)
+def _template_on_grid(shape: tuple[int, ...], affine_flat: tuple[float, ...]) -> np.ndarray | None:
+    from scipy import ndimage
+
+    path = mni_template_file()
+    if path is None:
+        return None
+    img = nib.load(str(path))
+    tpl = np.asarray(img.dataobj, dtype=np.float32)
+    vox = np.linalg.inv(img.affine) @ np.asarray(affine_flat).reshape(4, 4)
+    out = ndimage.affine_transform(tpl, vox[:3, :3], offset=vox[:3, 3], output_shape=shape, order=1, cval=0.0)
+    # Light smoothing keeps the grey/white contour to the large structures instead of every voxel's noise.
+    out = ndimage.gaussian_filter(out, sigma=1.0)
+    inside = out[out > 0]
+    return out / (float(np.percentile(inside, 99.0)) if inside.size else 1.0)
 
 
 def _check_contrast(contrast: str) -> None:

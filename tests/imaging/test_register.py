@@ -190,3 +190,16 @@ def test_missing_file_and_bad_arguments(tmp_path: Path) -> None:
         register_to_mni(T1, tmp_path, transform="SyN")
     with pytest.raises(ValueError, match="T2w"):
         register_to_mni(T1, tmp_path, contrast="PD")
+
+
+def test_template_on_grid_is_the_t1w_template_where_the_dashboard_draws_it() -> None:
+    """The dashboard's overlay template (read without importing nilearn) matches nilearn's own template."""
+    from imaging.templates import mni_template_file, model_grid_affine, model_grid_template, template_on_grid
+
+    assert mni_template_file() is not None
+    on_grid = template_on_grid(MODEL_GRID_SHAPE, model_grid_affine())
+    assert on_grid is not None and on_grid.shape == MODEL_GRID_SHAPE
+    assert np.percentile(on_grid[on_grid > 0], 99.0) == pytest.approx(1.0, rel=1e-3)
+    reference = np.asarray(model_grid_template("T1w").dataobj)
+    r = np.corrcoef(on_grid.ravel(), reference.ravel())[0, 1]
+    assert r > 0.95
