@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import nibabel as nib
 import numpy as np
@@ -331,9 +331,3 @@ def mask_from_reference(reference_mask: Path, out: Path) -> Path:
     img = nib.Nifti1Image(mask.astype(np.uint8), ref.affine)
     img.header.set_data_dtype(np.uint8)
     return save_nifti_atomic(img, Path(out))
-
-
-def describe(backend: Any) -> str:
-    """Short identifier recorded with each mask: the backend name plus its image tag where it has one."""
-    tag = getattr(backend, "image", None)
-    return f"{backend.name}:{tag}" if tag else str(backend.name)

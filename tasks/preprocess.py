@@ -10,7 +10,6 @@ functions, so a killed run redoes a half-finished series from scratch without du
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +159,3 @@ def qc_step(ctx: WarehouseContext, s: Stripped | None) -> QCResult | None:
     m.upsert("qc", [qc_row(item.volume_id, metrics, decision, reasons)])
     mark_series(ctx, item, "curated", None, f"qc {decision}" + (f": {', '.join(reasons)}" if reasons else ""))
     return QCResult(item.volume_id, item.label, decision, tuple(reasons))
-
-
-def process_series(
-    ctx: WarehouseContext, item: WorkItem, backend: str = "auto", reference_mask: Stripped | None = None
-) -> tuple[Stripped | None, QCResult | None]:
-    """All four steps in one call (used by tests and by callers that do not need per-step tasks)."""
-    t0 = time.perf_counter()
-    stripped = skullstrip_step(ctx, register_step(ctx, convert_step(ctx, item)), backend, reference_mask)
-    qc = qc_step(ctx, stripped)
-    log.info("series %s done in %.1f s", item.series_key, time.perf_counter() - t0)
-    return stripped, qc

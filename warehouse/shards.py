@@ -127,7 +127,3 @@ class ShardReader:
         if not 0 <= batch_index < len(self):
             raise IndexError(f"{self.path.name} has {len(self)} volumes; batch {batch_index} does not exist")
         return _decode(self._reader.get_batch(batch_index))
-
-
-def read_volume(path: Path, batch_index: int) -> ShardVolume:
-    return ShardReader(path).read(batch_index)
