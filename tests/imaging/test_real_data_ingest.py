@@ -15,9 +15,19 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-import imaging.dicom.scan as ingest
 from imaging.deid import Pseudonymizer
-from imaging.dicom import FILE_REASONS, SERIES_REASONS, header_from_dataset, read_file, scan_source
+from imaging.dicom import (
+    FILE_REASONS,
+    SERIES_REASONS,
+    RejectedFile,
+    codec_problem,
+    header_from_dataset,
+    read_file,
+    scan_source,
+)
+from imaging.dicom.header import _frame_geometry, _mosaic_slices
+from imaging.dicom.reader import _FileInfo
+from imaging.dicom.walker import _Fallback, _fast_parse
 from tasks.context import open_warehouse
 from tasks.record import record_scan
 
@@ -41,23 +51,23 @@ def test_fast_walker_equals_pydicom_on_real_files(dicom_data: Path) -> None:
     for path in sample:
         data = _bytes(path)
         try:
-            raw, problem = ingest._fast_parse(data)
-        except ingest._Fallback:
+            raw, problem = _fast_parse(data)
+        except _Fallback:
             continue  # enhanced / big-endian: pydicom's own path
         walked += 1
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         assert problem is None, path
         h_raw, h_ds = header_from_dataset(raw), header_from_dataset(ds)
         assert h_raw == h_ds, path
-        assert ingest._frame_geometry(raw) == ingest._frame_geometry(ds), path
-        assert ingest._mosaic_slices(raw, h_raw) == ingest._mosaic_slices(ds, h_ds), path
+        assert _frame_geometry(raw) == _frame_geometry(ds), path
+        assert _mosaic_slices(raw, h_raw) == _mosaic_slices(ds, h_ds), path
     assert walked >= 200
 
 
 def test_nine_transfer_syntaxes_give_one_header(dicom_data: Path) -> None:
     """Implicit/explicit little endian, big endian, RLE, JPEG, JPEG-LS, JPEG 2000: same header values."""
     infos = [read_file(p) for p in sorted((dicom_data / "transfer_syntaxes" / "In").glob("*.dcm"))]
-    assert all(isinstance(i, ingest._FileInfo) for i in infos)
+    assert all(isinstance(i, _FileInfo) for i in infos)
     # the same image written nine times; only the SeriesNumber (1..9) tells the copies apart
     headers = {dataclasses.replace(i.header, series_number=None) for i in infos}
     assert len(headers) == 1 and sorted(i.header.series_number for i in infos) == list(range(1, 10))
@@ -93,21 +103,21 @@ def test_missing_decoder_is_a_clear_per_series_error(dicom_data: Path, monkeypat
 
     import pydicom.pixels
 
-    ingest.codec_problem.cache_clear()
+    codec_problem.cache_clear()
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: NoPlugin())
     try:
         (jpeg2000,) = scan_source(dicom_data / "transfer_syntaxes" / "In" / "9.dcm").series
         (native,) = scan_source(dicom_data / "transfer_syntaxes" / "In" / "1.dcm").series
     finally:
         monkeypatch.undo()
-        ingest.codec_problem.cache_clear()
+        codec_problem.cache_clear()
     assert jpeg2000.rejection == "unsupported_codec"
     assert "JPEG 2000" in jpeg2000.rejection_detail and "pylibjpeg-openjpeg" in jpeg2000.rejection_detail
     assert "install" in jpeg2000.rejection_detail
     assert native.rejection is None  # uncompressed pixel data needs no plugin
     # with the real plugins installed, every transfer syntax in the data has a decoder
     for ts in ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.5"):
-        assert ingest.codec_problem(ts) is None
+        assert codec_problem(ts) is None
 
 
 def _classic_copies(enhanced: Path, out: Path, frames: range) -> list[Path]:
@@ -306,5 +316,5 @@ def test_truncated_files_in_any_encoding(dicom_data: Path, tmp_path: Path, name:
     (tmp_path / "cut.dcm").write_bytes(data[:-100])
     (tmp_path / "whole.dcm").write_bytes(data)
     got = read_file(tmp_path / "cut.dcm")
-    assert isinstance(got, ingest.RejectedFile) and got.reason == "truncated", got
-    assert isinstance(read_file(tmp_path / "whole.dcm"), ingest._FileInfo)
+    assert isinstance(got, RejectedFile) and got.reason == "truncated", got
+    assert isinstance(read_file(tmp_path / "whole.dcm"), _FileInfo)
