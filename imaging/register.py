@@ -69,7 +69,7 @@ SIMILARITY_FWHM_MM = 6.0
 N4_CONVERGENCE = {"iters": [25, 25, 15], "tol": 1e-6}
 """N4 at 2 mm with shrink 4 (8 mm fitting grid) and few iterations: ≈0.5 s, versus 16 s for ANTs' defaults
 at shrink 2. The field is smooth, so the coarse fit loses little; it corrects the registration input and
-the output (design.md §3: Neuro-JEPA registers after N4)."""
+the output (docs/architecture.md, "Preprocessing recipe": Neuro-JEPA registers after N4)."""
 
 LOCALISERS: tuple[str, ...] = ("deepbet-coarse", "deepbet", "none")
 """Ways to find the brain before registering (``register_to_mni(localiser=...)``)."""

@@ -1,4 +1,4 @@
-"""Skull stripping behind one small interface, with the backend chosen automatically (design.md §3).
+"""Skull stripping behind one small interface, with the backend chosen automatically (docs/architecture.md, "Preprocessing recipe").
 
 Backends:
     * ``synthstrip-docker``: FreeSurfer's SynthStrip in its official container. Contrast-agnostic and the
@@ -310,8 +310,8 @@ def mask_from_reference(reference_mask: Path, out: Path) -> Path:
     """Reuse a study's T1w brain mask for its T2w/FLAIR volumes.
 
     Every contrast of a study is registered to the same MNI template and resampled onto the same model
-    grid, so the T1w mask is already in the right space: no further registration is needed. design.md
-    §3 suggests a within-subject rigid T1w→T2w registration; here that step is subsumed by both
+    grid, so the T1w mask is already in the right space: no further registration is needed. The
+    reference design suggests a within-subject rigid T1w→T2w registration; here that step is subsumed by both
     contrasts' registrations to the template (each affine is fitted on a brain-only image, so both
     land on the same anatomy). The cost is that errors of the two registrations add up; QC's
     similarity and brain-volume checks on the T2w/FLAIR judge the result.

@@ -4,7 +4,7 @@ The templates come from nilearn's wheel (ICBM152 2009a nonlinear symmetric, 1 mm
 downloaded at run time. That template is *brain only* (no skull, no scalp): registration therefore
 aligns a brain estimate of the native image to it (see ``imaging/register.py``).
 
-The model grid is the fixed input geometry of the JEPA encoder (design.md §3 and §6): 96×108×96
+The model grid is the fixed input geometry of the JEPA encoder (docs/architecture.md, "Preprocessing recipe"): 96×108×96
 voxels, isotropic, RAS, centred on the bounding box of the MNI brain mask, with the smallest spacing
 (rounded up to 0.05 mm) at which the whole mask fits. With nilearn's mask that is 1.70 mm.
 
@@ -138,7 +138,7 @@ def contrast_template(contrast: str = "T1w") -> nib.Nifti1Image:
 
     T1w is nilearn's real template. T2w and FLAIR are synthesised as GM·i_gm + WM·i_wm + CSF·i_csf from
     the MNI tissue probability maps (CSF = brain mask minus GM minus WM), because no T2w/FLAIR template
-    ships in any installed wheel; design.md §3 notes Neuro-JEPA registers T2w/FLAIR to a T2 template.
+    ships in any installed wheel; docs/architecture.md ("Preprocessing recipe") notes Neuro-JEPA registers T2w/FLAIR to a T2 template.
 
     Raises:
         ValueError: ``contrast`` is not one of ``CONTRASTS``.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch JEPA-MoE for 3D brain MRI (Neuro-JEPA recipe; design.md section 6).
+"""Pure-PyTorch JEPA-MoE for 3D brain MRI (Neuro-JEPA recipe; docs/architecture.md, "Model recipe").
 
 Read in this order: config.py (+ presets.py, flops.py) -> patch_embed.py, rope.py, blocks.py, moe.py ->
 encoder.py, predictor.py -> masks.py, loss.py -> jepa.py -> data.py, checkpoint.py, distributed.py,

@@ -4,7 +4,7 @@ This module must import without torch: the CLI prints presets and parameter coun
 milliseconds. Everything here is plain data plus validation; the modules that build tensors read these
 objects and never mutate them (all dataclasses are frozen, derive variants with `dataclasses.replace`).
 
-Defaults are the Neuro-JEPA `base` recipe (design.md section 6); named variants live in `presets.py`.
+Defaults are the Neuro-JEPA `base` recipe (docs/architecture.md, "Model recipe"); named variants live in `presets.py`.
 """
 
 from __future__ import annotations
