@@ -17,7 +17,7 @@ from imaging.dicom import ScanResult, SeriesRecord
 from tasks.context import PIPELINE_VERSION, WarehouseContext
 from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now
-from warehouse.queries import done_series
+from warehouse.queries import done_series, set_series_state
 
 # Sequence classes the curated corpus keeps; everything else is recorded and skipped.
 CURATED_CLASSES = ("T1w", "T2w", "FLAIR")
@@ -182,7 +182,6 @@ def _relpath(path: Path, source: Path, p: Pseudonymizer) -> str:
 
 def mark_series(ctx: WarehouseContext, item: WorkItem, state: str, reason: str | None, detail: str) -> None:
     """Move a series to its final state (curated / failed) without touching its other columns."""
-    ctx.manifest.execute(
-        "UPDATE series SET state = ?, reason = ?, detail = ?, run_id = ?, updated_at = ? WHERE series_key = ?",
-        [state, reason, detail, ctx.run_id, now(), item.series_key],
+    set_series_state(
+        ctx.manifest, item.series_key, state=state, reason=reason, detail=detail, run_id=ctx.run_id, when=now()
     )

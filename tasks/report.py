@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tasks.context import WarehouseContext
-from warehouse.queries import latest_snapshot, status
+from warehouse.qc_store import qc_report_rows
+from warehouse.queries import latest_completed_summary, latest_snapshot, status
 
 
 def _png(fig) -> str:
@@ -109,16 +109,9 @@ def _mosaic(ctx: WarehouseContext, snapshot_id: str | None, n: int = 6) -> str |
 def write_report(ctx: WarehouseContext) -> Path:
     m = ctx.manifest
     st = status(m)
-    qc_rows = m.query(
-        "SELECT v.volume_id, v.label, q.decision, array_to_string(q.reasons, ', ') AS reasons, q.snr, q.cnr, "
-        "q.brain_volume_ml, q.similarity, q.fov_coverage FROM volumes v JOIN qc q USING (volume_id) "
-        "ORDER BY q.decision, v.label, v.volume_id"
-    )
-    pre = m.query(
-        "SELECT summary_json FROM runs WHERE flow = 'pretrain' AND status = 'completed' "
-        "ORDER BY finished_at DESC LIMIT 1"
-    )
-    losses = json.loads(pre[0]["summary_json"]).get("losses", []) if pre and pre[0]["summary_json"] else []
+    qc_rows = qc_report_rows(m)
+    pretrain = latest_completed_summary(m, "pretrain")
+    losses = pretrain.get("losses", []) if pretrain else []
     snap = latest_snapshot(m)
     images = [
         ("Pretraining loss", _loss_plot(losses)),

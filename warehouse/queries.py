@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from warehouse.manifest import Manifest
@@ -168,3 +169,28 @@ def reopen_series_for_review(m: Manifest, series_key: str, run_id: str, when: An
         "WHERE series_key = ? AND state <> 'rejected'",
         [run_id, when, series_key],
     )
+
+
+# --- Series state and run summaries (tasks.record, tasks.report) ------------------------------------
+
+
+def set_series_state(
+    m: Manifest, series_key: str, *, state: str, reason: str | None, detail: str, run_id: str, when: Any
+) -> None:
+    """Move a series to its final state (curated / failed) without touching its other columns."""
+    m.execute(
+        "UPDATE series SET state = ?, reason = ?, detail = ?, run_id = ?, updated_at = ? WHERE series_key = ?",
+        [state, reason, detail, run_id, when, series_key],
+    )
+
+
+def latest_completed_summary(m: Manifest, flow: str) -> dict[str, Any] | None:
+    """The parsed summary_json of the newest completed run of ``flow``; None if none has one.
+
+    The report plots the pretraining losses from it, so a failed or running pretrain never shows.
+    """
+    summary = m.scalar(
+        "SELECT summary_json FROM runs WHERE flow = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+        [flow],
+    )
+    return json.loads(summary) if summary else None
