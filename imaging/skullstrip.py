@@ -1,4 +1,6 @@
-"""Skull stripping behind one small interface, with the backend chosen automatically (docs/architecture.md, "Preprocessing recipe").
+"""Skull stripping behind one small interface, with the backend chosen automatically.
+
+See docs/architecture.md, "Preprocessing recipe".
 
 Backends:
     * ``synthstrip-docker``: FreeSurfer's SynthStrip in its official container. Contrast-agnostic and the

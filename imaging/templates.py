@@ -138,7 +138,8 @@ def contrast_template(contrast: str = "T1w") -> nib.Nifti1Image:
 
     T1w is nilearn's real template. T2w and FLAIR are synthesised as GM·i_gm + WM·i_wm + CSF·i_csf from
     the MNI tissue probability maps (CSF = brain mask minus GM minus WM), because no T2w/FLAIR template
-    ships in any installed wheel; docs/architecture.md ("Preprocessing recipe") notes Neuro-JEPA registers T2w/FLAIR to a T2 template.
+    ships in any installed wheel; Neuro-JEPA registers T2w/FLAIR to a T2 template (docs/architecture.md,
+    "Preprocessing recipe").
 
     Raises:
         ValueError: ``contrast`` is not one of ``CONTRASTS``.
