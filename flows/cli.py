@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "curate",
     "pretrain",
     "evaluate",
+    "bench_corpus",
     "status",
     "classify",
     "model_info",
