@@ -20,6 +20,7 @@ import getpass
 import hashlib
 import hmac
 import io
+import ipaddress
 import json
 import math
 import re
@@ -46,7 +47,8 @@ STATIC_FILES: dict[str, str] = {
 """The only files /static serves: an allow-list, so no request path ever reaches the file system."""
 
 SESSION_COOKIE = "mrifoundry_session"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+LOOPBACK_HOSTS = frozenset({"localhost"})
+"""Loopback names answered without a token; loopback addresses (127.0.0.0/8, ::1) are recognised by value."""
 VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -82,6 +84,8 @@ DETAIL_FIELDS: tuple[str, ...] = (
     "qc_updated_at",
     "score",
     "group_n",
+    "ref_level",
+    "ref_n",
     *rq.METRICS,
     *(f"z_{m}" for m in rq.METRICS),
     "metrics_extra",
@@ -111,6 +115,7 @@ QUEUE_FIELDS: tuple[str, ...] = (
     "score",
     "top_metric",
     "group_n",
+    "ref_level",
 )
 
 LOGIN_PAGE = """<!doctype html>
@@ -253,7 +258,7 @@ def create_app(
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         host = (request.headers.get("host") or "").lower()
         hostname = urlsplit(f"//{host}").hostname or ""
-        if token is None and hostname not in allowed_hosts and f"[{hostname}]" not in allowed_hosts:
+        if token is None and not (_is_loopback_ip(hostname) or hostname in allowed_hosts):
             return JSONResponse(
                 {"detail": f"Host {host!r} is not served: this dashboard answers loopback names only without a token"},
                 status_code=421,
@@ -405,6 +410,15 @@ def create_app(
         return Response(buf.getvalue(), media_type="text/csv; charset=utf-8", headers=_attachment("ratings.csv"))
 
     return app
+
+
+def _is_loopback_ip(hostname: str) -> bool:
+    """True for any address in 127.0.0.0/8 or ::1 (the server may bind 127.0.0.2, and browsers send
+    that literal as Host); names other than 'localhost' are not resolved, so DNS rebinding stays out."""
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _attachment(name: str) -> dict[str, str]:

@@ -65,6 +65,19 @@ _JSON_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # standard deviation for normal data, so scores read like ordinary z-scores.
 MAD_TO_SD = 1.4826
 
+MIN_RELATIVE_SCALE = 0.02
+"""Floor of the z denominator as a fraction of |median|, as in the QC flow's group step
+(`QCThresholds.min_relative_scale`): a metric whose values barely vary (FOV coverage 0.97 ± 0.005)
+would otherwise out-score a volume with half the SNR of its peers by noise alone."""
+
+MIN_REFERENCE = 5
+"""Fewest volumes a (scanner, class) group needs to be its own reference for the queue order.
+
+Smaller groups are pooled (see `_scored_sql`). The QC flow flags outliers only from groups of 10
+(`QCThresholds.min_group_size`), because a flag sends a volume to review; ordering a queue costs
+nothing when it is a little noisy, so 5 is enough here (with 2 the order is arbitrary).
+"""
+
 
 def _site_expression() -> str:
     """The site column when the schema has one (a pseudonymised `site_id` on series), else NULL.
@@ -76,17 +89,33 @@ def _site_expression() -> str:
 
 
 def _scored_sql() -> str:
-    """Per-volume robust z of each metric within its (scanner model, sequence class) group.
+    """Per-volume robust z of each metric against a reference population, and the outlier score.
 
-    The score is the largest |robust z| over the metrics (0 when no metric has spread in its group),
-    so a volume that is extreme in any single metric rises to the top of the queue. NaN and inf
-    metrics count as missing. `decision` is the automatic decision; ratings are joined later.
-    When the curation flow has stored a direction-aware `qc.outlier_score` (tasks.qc_groups, groups of
-    at least 10 volumes) that score is used instead.
+    The reference is the volume's (scanner model, sequence class) group when that has at least
+    `MIN_REFERENCE` volumes; otherwise every volume of its sequence class (all scanners); otherwise
+    the whole corpus. Within a group of two the median sits halfway and the MAD is half the gap, so
+    both volumes score exactly 0.6745 in every metric and the queue order means nothing; pooling
+    gives small sites a reference in which an extreme volume stands out. `ref_level` ('group',
+    'class', 'all') and `ref_n` say which reference was used.
+
+    z = |x - median| / max(1.4826 MAD, MIN_RELATIVE_SCALE |median|). The score is the largest |z|
+    over the metrics (0 when no metric has spread in its reference), so a volume that is extreme in
+    any single metric rises to the top of the queue. NaN and inf metrics count as missing.
+    `decision` is the automatic decision; ratings are joined later. When the curation flow has
+    stored a direction-aware `qc.outlier_score` (tasks.qc_groups, groups of at least 10 volumes)
+    that score is used instead.
     """
     clean = ", ".join(f"CASE WHEN isfinite(q.{c}) THEN q.{c} END AS {c}" for c in METRICS)
     stats = ", ".join(f"median({c}) AS {c}_med, mad({c}) AS {c}_mad" for c in METRICS)
-    zs = ", ".join(f"abs(b.{c} - g.{c}_med) / nullif({MAD_TO_SD} * g.{c}_mad, 0) AS z_{c}" for c in METRICS)
+
+    def pick(stat: str) -> str:
+        return f"CASE z0.ref_level WHEN 'group' THEN g.{stat} WHEN 'class' THEN c.{stat} ELSE a.{stat} END"
+
+    zs = ", ".join(
+        f"abs(z0.{m} - ({pick(m + '_med')})) / nullif(greatest({MAD_TO_SD} * ({pick(m + '_mad')}), "
+        f"{MIN_RELATIVE_SCALE} * abs({pick(m + '_med')})), 0) AS z_{m}"
+        for m in METRICS
+    )
     greatest = ", ".join(f"z_{c}" for c in METRICS)
     return f"""
         WITH b AS (
@@ -99,9 +128,21 @@ def _scored_sql() -> str:
             SELECT coalesce(model_name, '') AS gm, coalesce(label, '') AS gl, count(*) AS group_n, {stats}
             FROM b GROUP BY ALL
         ),
-        z AS (
-            SELECT b.*, g.group_n, {zs}
+        c AS (SELECT coalesce(label, '') AS cl, count(*) AS class_n, {stats} FROM b GROUP BY ALL),
+        a AS (SELECT count(*) AS all_n, {stats} FROM b),
+        z0 AS (
+            SELECT b.*, g.group_n,
+                   CASE WHEN g.group_n >= {MIN_REFERENCE} THEN 'group'
+                        WHEN c.class_n >= {MIN_REFERENCE} THEN 'class' ELSE 'all' END AS ref_level,
+                   CASE WHEN g.group_n >= {MIN_REFERENCE} THEN g.group_n
+                        WHEN c.class_n >= {MIN_REFERENCE} THEN c.class_n ELSE a.all_n END AS ref_n
             FROM b JOIN g ON coalesce(b.model_name, '') = g.gm AND coalesce(b.label, '') = g.gl
+            JOIN c ON coalesce(b.label, '') = c.cl CROSS JOIN a
+        ),
+        z AS (
+            SELECT z0.*, {zs}
+            FROM z0 JOIN g ON coalesce(z0.model_name, '') = g.gm AND coalesce(z0.label, '') = g.gl
+            JOIN c ON coalesce(z0.label, '') = c.cl CROSS JOIN a
         )
         SELECT *, coalesce(stored_score, greatest({greatest}), 0.0) AS score FROM z
     """
@@ -386,15 +427,19 @@ class ReviewIndex:
             UNION ALL SELECT 'decision', decision, count(*) FROM b WHERE decision IS NOT NULL GROUP BY ALL
             UNION ALL SELECT 'date_min', min(study_date), count(*) FROM b
             UNION ALL SELECT 'date_max', max(study_date), count(*) FROM b
+            UNION ALL SELECT 'rated', NULL, count(rating) FROM b
             ORDER BY facet, value
         """
         with self._session() as mem:
             rows = _rows(mem.execute(sql))
         out: dict[str, Any] = {"label": [], "scanner": [], "site": [], "decision": [], "date_min": None}
         out["date_max"] = None
+        out["rated"] = 0
         for r in rows:
             if r["facet"] in ("date_min", "date_max"):
                 out[r["facet"]] = r["value"]
+            elif r["facet"] == "rated":
+                out["rated"] = int(r["n"])
             else:
                 out[r["facet"]].append({"value": r["value"], "n": int(r["n"])})
         out["metrics"] = list(METRICS)
@@ -456,7 +501,10 @@ def _extra_metrics(metrics_json: str | None) -> dict[str, float]:
 def _group_percentiles(
     mem: duckdb.DuckDBPyConnection, volume_id: str, extra_keys: Sequence[str] = ()
 ) -> dict[str, dict[str, Any]]:
-    """Mid-rank percentile of each metric of a volume within its (scanner model, sequence class) group.
+    """Mid-rank percentile of each metric of a volume within its reference population.
+
+    The reference is the one its robust z's use (`ref_level`: its scanner/class group, or the pool a
+    too-small group falls back to), so the percentile and the z in one table row agree.
 
     Mid-rank (below + half of ties) keeps a group where everyone is equal at the 50th percentile
     instead of the 100th. Extra keys are read from `metrics_json` with bound JSON paths.
@@ -467,10 +515,10 @@ def _group_percentiles(
     keys = [k for k in extra_keys if _JSON_KEY_RE.match(k) and k not in METRICS]
     metric_list = ", ".join(METRICS)
     sql = f"""
-        WITH me AS (SELECT coalesce(model_name, '') AS gm, coalesce(label, '') AS gl FROM scored
+        WITH me AS (SELECT coalesce(model_name, '') AS gm, coalesce(label, '') AS gl, ref_level FROM scored
                     WHERE volume_id = ?),
-        g AS (SELECT s.* FROM scored s JOIN me ON coalesce(s.model_name, '') = me.gm
-                                              AND coalesce(s.label, '') = me.gl),
+        g AS (SELECT s.* FROM scored s JOIN me ON me.ref_level = 'all' OR (coalesce(s.label, '') = me.gl
+                  AND (me.ref_level = 'class' OR coalesce(s.model_name, '') = me.gm))),
         k AS (SELECT unnest(?::VARCHAR[]) AS metric, unnest(?::VARCHAR[]) AS path),
         cols AS (UNPIVOT (SELECT volume_id, {metric_list} FROM g) ON {metric_list} INTO NAME metric VALUE x),
         extra AS (

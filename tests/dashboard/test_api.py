@@ -38,9 +38,17 @@ def test_queue_orders_by_robust_outlier_score(client: TestClient):
     assert scores == sorted(scores, reverse=True)
     top = body["rows"][0]
     assert top["volume_id"] == OUTLIER.volume_id
-    assert top["top_metric"] == "similarity"
-    # similarity of the Prisma T1w group: median 0.945, MAD 0.01 -> z = 0.345 / (1.4826 * 0.01)
-    assert top["score"] == pytest.approx(0.345 / (1.4826 * 0.01), rel=1e-6)
+    # z = |x - median| / max(1.4826 MAD, 2 % of |median|) in the 6-volume Prisma T1w group
+    group = [v for v in VOLUMES if (v.model, v.label) == (OUTLIER.model, OUTLIER.label)]
+
+    def z(attr: str) -> float:
+        x = np.array([getattr(v, attr) for v in group])
+        med = np.median(x)
+        return abs(getattr(OUTLIER, attr) - med) / max(1.4826 * np.median(np.abs(x - med)), 0.02 * abs(med))
+
+    expected = {"fov_coverage": z("fov"), "similarity": z("sim")}
+    assert top["top_metric"] == max(expected, key=expected.__getitem__) == "fov_coverage"
+    assert top["score"] == pytest.approx(max(expected.values()), rel=1e-6)
 
 
 def test_filters_select_the_right_volumes(client: TestClient):

@@ -111,6 +111,39 @@ def test_foreign_host_header_is_refused_without_token(warehouse: Path):
     assert TestClient(create_app(warehouse), base_url="http://localhost:8765").get("/api/queue").status_code == 200
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "127.255.255.254:8765", "[::1]:8765", "127.0.0.1", "localhost"])
+def test_every_loopback_address_is_answered_without_token(warehouse: Path, host: str):
+    c = TestClient(create_app(warehouse), base_url=f"http://{host}")
+    assert c.get("/api/queue").json()["total"] == len(VOLUMES)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "128.0.0.1", "127.0.0.1.evil.example", "localhost.evil.example"])
+def test_non_loopback_host_headers_stay_refused(warehouse: Path, host: str):
+    assert TestClient(create_app(warehouse), base_url=f"http://{host}").get("/api/queue").status_code == 421
+
+
+def test_server_bound_to_127_0_0_2_answers(warehouse: Path):
+    """`--host 127.0.0.2` used to start and then answer every request with 421."""
+    import threading
+    import time
+    import urllib.request
+
+    server = build_server(warehouse, "127.0.0.2", 0, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "dashboard server did not start"
+        time.sleep(0.05)
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with urllib.request.urlopen(f"http://127.0.0.2:{port}/api/facets", timeout=10) as resp:
+            assert resp.status == 200 and b'"decisions"' in resp.read()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_cross_site_write_is_refused(client: TestClient, warehouse: Path):
     r = client.put(
         f"/api/volumes/{PASSING.volume_id}/rating",
