@@ -1,20 +1,21 @@
-"""Volumes -> training items: fit to the model grid, percentile scaling, MONAI augmentation, foreground map.
+"""Volumes -> training items: fit to the model grid, percentile scaling, foreground map; and the MONAI reference.
 
 Inputs are skull-stripped MNI-space volumes already resampled to the model grid (the curation
-pipeline does that); anything else is centre-cropped/padded to it. Every random choice is seeded
-from (seed, index, draw), so an item is a pure function of its key: training resumes bit-exactly and
-DataLoader workers need no seeding of their own.
+pipeline does that); anything else is centre-cropped/padded to it. What a loader worker does to a
+stored volume is `prepare_volume`: crop/pad -> scale the 0.5-99.5 percentiles to [0, 1] (clipped).
+Everything random happens later, batched on the training device (model/augment.py), so CPU workers
+only read and scale.
 
-Pipeline (train): crop/pad -> scale 0.5-99.5 percentiles to [0, 1] -> random flips on each axis ->
-foreground map -> bias field, gamma 0.6-1.5, Gaussian noise, intensity shift. The foreground map is
-taken after the flips (so it matches the anatomy the model sees) but before the intensity
-augmentations (so noise in the air does not turn background patches into "tissue").
-Eval: crop/pad -> scale -> foreground map.
+`VolumeDataset` wraps in-memory volumes. With `train=False` its items are prepared volumes and their
+foreground map (what training and evaluation consume). With `train=True` it runs the original
+per-sample MONAI pipeline (random flips on each axis -> foreground map -> bias field, gamma 0.6-1.5,
+Gaussian noise, intensity shift), kept as the reference that model/augment.py must match in
+distribution (tests/model/test_augment.py) and as the baseline of bench/augment.py. Every random
+choice is seeded from (seed, index, draw), so an item is a pure function of its key.
 
-The 0.5/99.5 percentiles of a volume do not depend on the augmentation draw, so they are computed
-once per volume (numpy's partition-based percentile, ~25x faster than torch.quantile's sort and equal
-to 1e-7) and kept; scaling is then MONAI's ScaleIntensityRange with those bounds. Recomputing them
-for every sample was ~60 % of the data time of a training step.
+The 0.5/99.5 percentiles of a volume do not depend on the augmentation draw, so VolumeDataset
+computes them once per volume (numpy's partition-based percentile, ~25x faster than torch.quantile's
+sort and equal to 1e-7) and keeps them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai import transforms as mt
 
 from model.masks import derive_seed, foreground_patches
 
@@ -31,8 +31,8 @@ from model.masks import derive_seed, foreground_patches
 class VolumeDataset(torch.utils.data.Dataset):
     """Map-style dataset of in-memory volumes returning {"image": [1, X, Y, Z] float32, "fg": [N] bool}.
 
-    `ds[i]` is item i without augmentation when `train=False`, and augmentation draw 0 when
-    `train=True`; `ds.sample(i, draw)` gives any other draw (the trainer uses the step as the draw).
+    `ds[i]` is item i without augmentation when `train=False`, and MONAI augmentation draw 0 when
+    `train=True`; `ds.sample(i, draw)` gives any other draw of the MONAI reference pipeline.
     """
 
     def __init__(
@@ -51,17 +51,19 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.img_size = tuple(img_size)
         self.patch = patch
         self.fg_voxel_fraction = fg_voxel_fraction
-        self.fit = mt.ResizeWithPadOrCrop(spatial_size=self.img_size, mode="constant")  # centre crop / pad
         self._ranges: dict[int, tuple[float, float]] = {}  # index -> (p0.5, p99.5) intensity, per process
-        self.spatial = mt.Compose([mt.RandFlip(prob=0.5, spatial_axis=axis) for axis in range(3)])
-        self.intensity = mt.Compose(
-            [
-                mt.RandBiasField(prob=0.5, coeff_range=(0.0, 0.1), degree=3),
-                mt.RandAdjustContrast(prob=0.5, gamma=(0.6, 1.5)),
-                mt.RandGaussianNoise(prob=0.5, mean=0.0, std=0.1),
-                mt.RandShiftIntensity(prob=0.5, offsets=0.1),
-            ]
-        )
+        if train:  # MONAI only for the reference pipeline: training workers never import it
+            from monai import transforms as mt
+
+            self.spatial = mt.Compose([mt.RandFlip(prob=0.5, spatial_axis=axis) for axis in range(3)])
+            self.intensity = mt.Compose(
+                [
+                    mt.RandBiasField(prob=0.5, coeff_range=(0.0, 0.1), degree=3),
+                    mt.RandAdjustContrast(prob=0.5, gamma=(0.6, 1.5)),
+                    mt.RandGaussianNoise(prob=0.5, mean=0.0, std=0.1),
+                    mt.RandShiftIntensity(prob=0.5, offsets=0.1),
+                ]
+            )
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -70,7 +72,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self.sample(index, draw=0)
 
     def sample(self, index: int, draw: int) -> dict[str, torch.Tensor]:
-        """Item `index` with augmentation draw `draw` (ignored when train=False)."""
+        """Item `index` with MONAI augmentation draw `draw` (ignored when train=False)."""
         image = self.prepare(index)  # [1, X, Y, Z] in [0, 1]
         if self.train:
             self.spatial.set_random_state(seed=derive_seed(self.seed, index, draw, 0) % 2**32)
@@ -83,15 +85,60 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def prepare(self, index: int) -> torch.Tensor:
         """Volume `index` on the model grid, 0.5-99.5 percentiles scaled to [0, 1] (clipped): [1, X, Y, Z]."""
-        image = _plain(self.fit(_as_channel_first(self.volumes[index], index)))
+        image = fit_to_grid(_as_channel_first(self.volumes[index], index), self.img_size)  # [1, X, Y, Z]
         if index not in self._ranges:
-            lo, hi = np.percentile(image.numpy(), (0.5, 99.5))
-            self._ranges[index] = (float(lo), float(hi))
-        lo, hi = self._ranges[index]
-        return _plain(mt.ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(image))
+            self._ranges[index] = intensity_range(image)
+        return torch.from_numpy(scale_to_unit(image, *self._ranges[index]))
 
 
-def _as_channel_first(volume: np.ndarray, index: int) -> np.ndarray:
+def fit_to_grid(volume: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Centre crop / zero pad a [C, X, Y, Z] array to `size` (MONAI's ResizeWithPadOrCrop, without MONAI).
+
+    Equal to `ResizeWithPadOrCrop(size, mode="constant")` for every shape (a test compares them); done in
+    numpy so the loader workers of a training run never import MONAI.
+    """
+    if tuple(volume.shape[1:]) == tuple(size):
+        return volume
+    out = np.zeros((volume.shape[0], *size), dtype=volume.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for have, want in zip(volume.shape[1:], size, strict=True):
+        if have >= want:  # crop: drop (have - want) // 2 in front
+            start = (have - want) // 2
+            src.append(slice(start, start + want))
+            dst.append(slice(0, want))
+        else:  # pad: (want - have) // 2 zeros in front
+            start = (want - have) // 2
+            src.append(slice(0, have))
+            dst.append(slice(start, start + have))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def intensity_range(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of a volume (numpy's partition-based percentile: ~25x torch.quantile)."""
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    return float(lo), float(hi)
+
+
+def scale_to_unit(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(image - lo) / (hi - lo) clipped to [0, 1], float32: MONAI's ScaleIntensityRange(lo, hi, 0, 1, clip=True).
+
+    A constant volume (hi == lo) becomes zeros, as in MONAI (which warns and only subtracts lo).
+    """
+    out = image.astype(np.float32, copy=True)
+    out -= np.float32(lo)
+    if hi != lo:
+        out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def prepare_volume(volume: np.ndarray, size: tuple[int, int, int] = (96, 108, 96), name: object = 0) -> torch.Tensor:
+    """A stored volume as the model sees it before augmentation: grid-fitted, percentile-scaled [1, X, Y, Z]."""
+    image = fit_to_grid(_as_channel_first(volume, name), size)
+    return torch.from_numpy(scale_to_unit(image, *intensity_range(image)))
+
+
+def _as_channel_first(volume: np.ndarray, index: object) -> np.ndarray:
     arr = np.asarray(volume)
     if arr.ndim == 3:
         arr = arr[None]
