@@ -37,6 +37,7 @@ COMMANDS: tuple[str, ...] = (
     "bench_corpus",
     "status",
     "classify",
+    "receive",
     "review",
     "model_info",
     "dashboard",

@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from imaging.dicom.drop import readable_entries
 from imaging.dicom.geometry import series_geometry
 from imaging.dicom.header import SeriesHeader
 from imaging.dicom.reader import RejectedFile, _FileInfo, read_file
@@ -148,6 +149,7 @@ def _list_files(source: Path) -> list[Path]:
     out: list[Path] = []
     for root, dirs, files in os.walk(source):
         dirs.sort()
+        files = readable_entries(Path(root), dirs, files)  # receiver drop folder: ready studies only
         out.extend(Path(root) / name for name in sorted(files))
     return out
 
