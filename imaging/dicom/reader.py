@@ -3,7 +3,9 @@
 Files are recognised by content, not by name: gzip by its magic bytes, DICOM by its preamble or by a
 raw data set at the start. Classic files held in memory go through the element walker, the rest
 through pydicom. A file whose pixel data is cut short (a half-copied export) is rejected here as
-`truncated`: pydicom happily parses its header, and it would fail much later, in conversion.
+`truncated`: pydicom happily parses its header, and it would fail much later, in conversion. Objects
+of a non-image SOP class (reports, raw data) are never converted, so that check is skipped for them
+and the scan rejects their series as `non_image_sop_class` instead.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pydicom.errors import InvalidDicomError
 
 from imaging.dicom.header import SeriesHeader, _frame_geometry, _mosaic_slices, header_from_dataset
 from imaging.dicom.tags import (
-    _NON_IMAGE_SOP_PREFIXES,
     _SECONDARY_CAPTURE_PREFIX,
     ENHANCED_MR_SOP_CLASSES,
     MR_IMAGE_SOP_CLASSES,
+    non_image_kind,
 )
 from imaging.dicom.values import _int, _str
 from imaging.dicom.walker import _UNDEFINED, _Fallback, _fast_parse, _Truncated
@@ -135,6 +137,8 @@ def _pydicom_parse(fp: Any, size: int) -> tuple[Any, str | None]:
             raise _NotDicomError from None
         fp.seek(0)
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    if non_image_kind(_str(ds.get("SOPClassUID"))) is not None:
+        return ds, None  # never converted, so its pixel data is not checked (non_image_sop_class)
     return ds, _pixel_data_problem(fp, ds, size)
 
 
@@ -205,7 +209,7 @@ def read_file(path: Path) -> _FileInfo | RejectedFile:
         if not series_uid or not sop_uid:
             missing = [k for k, v in (("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)) if not v]
             sop = _str(ds.get("SOPClassUID"))
-            what = next((d for p, d in _NON_IMAGE_SOP_PREFIXES.items() if sop.startswith(p)), "DICOM object")
+            what = non_image_kind(sop) or "DICOM object"
             return RejectedFile(path, "missing_tags", f"{what} without {' and '.join(missing)}; cannot group it")
         try:
             header = header_from_dataset(ds)

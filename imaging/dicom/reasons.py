@@ -16,10 +16,10 @@ import pydicom
 from imaging.dicom.header import SeriesHeader
 from imaging.dicom.tags import (
     _NON_IMAGE_MODALITIES,
-    _NON_IMAGE_SOP_PREFIXES,
     _SECONDARY_CAPTURE_PREFIX,
     ENHANCED_MR_SOP_CLASSES,
     MR_IMAGE_SOP_CLASSES,
+    non_image_kind,
 )
 
 # Series with fewer slices than this (per volume) cannot make a useful 3D volume (scouts, test slices).
@@ -131,7 +131,7 @@ def series_rejection(
     if sop.startswith(_SECONDARY_CAPTURE_PREFIX):
         return "derived", f"Secondary Capture SOP class {sop}"
     if sop not in MR_IMAGE_SOP_CLASSES:
-        kind = next((d for p, d in _NON_IMAGE_SOP_PREFIXES.items() if sop.startswith(p)), None)
+        kind = non_image_kind(sop)
         if kind or header.modality in _NON_IMAGE_MODALITIES:
             return "non_image_sop_class", f"SOP class {sop or '(missing)'} ({kind or header.modality}) has no image"
         if header.modality != "MR":

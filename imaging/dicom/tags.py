@@ -29,6 +29,18 @@ _NON_IMAGE_SOP_PREFIXES = {
 _NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "RWV", "PLAN", "FID"}
 
 
+def non_image_kind(sop_class_uid: str) -> str | None:
+    """What an object of a never-image SOP class holds (e.g. "structured report / key object
+    selection"), or None for any other SOP class.
+
+    Scanners copy image attributes (Rows, Columns, geometry) into raw data and report objects that
+    carry no pixel data; deciding by SOP class first keeps such an object from looking like a
+    half-copied image (`truncated`): it is rejected as `non_image_sop_class` and its pixel data,
+    if it has any, is never checked.
+    """
+    return next((kind for prefix, kind in _NON_IMAGE_SOP_PREFIXES.items() if sop_class_uid.startswith(prefix)), None)
+
+
 _HEADER_TAGS = (
     "SpecificCharacterSet",
     "ImageType",
@@ -55,6 +67,7 @@ _HEADER_TAGS = (
     "AcquisitionMatrix",
     "AngioFlag",
     "EchoTrainLength",
+    "PixelBandwidth",
     "FlipAngle",
     "PulseSequenceName",
     "StudyInstanceUID",

@@ -26,6 +26,7 @@ from imaging.dicom.tags import (
     _WANTED,
     ENHANCED_MR_SOP_CLASSES,
     MR_IMAGE_SOP_CLASSES,
+    non_image_kind,
 )
 from imaging.dicom.values import _decode_value, _int, _str
 
@@ -236,6 +237,8 @@ def _walker_handles(ts: str) -> tuple[bool, bool]:
 def _fast_parse(data: bytes) -> tuple[_RawHeader, str | None]:
     """Walk a classic file held in memory; returns (header view, truncation detail or None).
 
+    Objects of a non-image SOP class (`tags.non_image_kind`) get no pixel-data check at all.
+
     Raises `_Fallback` for anything that pydicom should parse instead (enhanced objects, big endian,
     deflate, no preamble, non-Latin character sets, malformed structure) and `_Truncated` when the
     header itself is cut short.
@@ -252,6 +255,8 @@ def _fast_parse(data: bytes) -> tuple[_RawHeader, str | None]:
     header = _RawHeader(data, elements, ts)
     if _int(header.get("NumberOfFrames") or 1) not in (None, 1):
         raise _Fallback("multi-frame")
+    if non_image_kind(_str(header.get("SOPClassUID"))) is not None:
+        return header, None  # never converted, so its pixel data is not checked (non_image_sop_class)
     if pixel is None and pos < len(data):
         # Everything needed is read; what is left is mostly vendor private data. Find the pixel data
         # from the end of the file, and walk the rest only when that shortcut cannot confirm it.

@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from imaging.dicom import (
     FILE_REASONS,
@@ -18,6 +21,7 @@ from imaging.dicom import (
     scan_source,
     series_rejection,
 )
+from imaging.dicom import reader as dicom_reader
 
 EXPECTED_COUNTS = {1301: 170, 1901: 40, 1903: 240, 2001: 212}
 # slices per volume x volumes: the pCASL source holds 6 dynamics, the B0 map magnitude/phase images
@@ -218,3 +222,53 @@ def test_geometry_and_orientation_rules(mprage: SeriesRecord) -> None:
 def test_reason_code_vocabularies_are_distinct() -> None:
     assert len(set(SERIES_REASONS)) == len(SERIES_REASONS) and len(set(FILE_REASONS)) == len(FILE_REASONS)
     assert "duplicate" in FILE_REASONS and "inconsistent_geometry" in SERIES_REASONS
+
+
+RAW_DATA_STORAGE = "1.2.840.10008.5.1.4.1.1.66"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def _object_without_pixels(path: Path, sop_class: str, modality: str, transfer_syntax: str) -> None:
+    """An object as scanners write raw data and reports: image attributes copied from the acquisition
+    (Rows, Columns, geometry) but no Pixel Data element."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, meta.MediaStorageSOPInstanceUID, modality
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), generate_uid(), 99
+    ds.PatientID = "synthetic"
+    ds.Rows = ds.Columns = 64
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0, 0, 0]
+    if modality == "SR":
+        item = Dataset()
+        item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", "no finding"
+        ds.ValueType, ds.ContentSequence = "CONTAINER", Sequence([item])
+    if sop_class == RAW_DATA_STORAGE:  # vendor raw data lives in a private group after the pixel data's place
+        ds.private_block(0x7FE1, "VENDOR RAW DATA", create=True).add_new(0x10, "OB", bytes(2048))
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("parser", ["walker", "pydicom"])
+def test_non_image_objects_are_rejected_by_sop_class_not_as_truncated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_syntax: str, parser: str
+) -> None:
+    """Raw data and reports carry no pixel data: that is their SOP class, not a corrupt export."""
+    if parser == "pydicom":  # files above the in-memory limit are parsed by pydicom from disk
+        monkeypatch.setattr(dicom_reader, "_IN_MEMORY_LIMIT", 0)
+    _object_without_pixels(tmp_path / "raw.dcm", RAW_DATA_STORAGE, "MR", transfer_syntax)
+    _object_without_pixels(tmp_path / "sr.dcm", COMPREHENSIVE_SR, "SR", transfer_syntax)
+    # the same attributes under an MR image SOP class: an image whose pixels are missing is truncated
+    _object_without_pixels(tmp_path / "mr.dcm", MR_IMAGE_STORAGE, "MR", transfer_syntax)
+    scan = scan_source(tmp_path, workers=1)
+    assert [(f.path.name, f.reason) for f in scan.rejected_files] == [("mr.dcm", "truncated")]
+    got = {s.files[0].name: (s.rejection, s.rejection_detail) for s in scan.series}
+    assert set(got) == {"raw.dcm", "sr.dcm"}
+    assert got["raw.dcm"][0] == "non_image_sop_class" and RAW_DATA_STORAGE in got["raw.dcm"][1]
+    assert "raw data" in got["raw.dcm"][1]
+    assert got["sr.dcm"][0] == "non_image_sop_class" and "structured report" in got["sr.dcm"][1]
