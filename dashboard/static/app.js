@@ -95,8 +95,30 @@ function buildFilterForm(f) {
     if (key) label.append(el("kbd", { text: key }));
     tags.append(label);
   });
-  $("#summary").textContent = f.decision.map((d) => `${d.value}: ${d.n}`).join(" · ");
+  renderSummary(f);
   $("#rater").value = localStorage.getItem("mrifoundry.rater") || f.default_rater || "";
+}
+
+// Header counts: decisions over the whole manifest (not the filtered queue) and how many are rated.
+// Re-read after every rating, and every 30 s for ratings other reviewers or a pipeline run made.
+function renderSummary(f) {
+  const total = f.decision.reduce((a, d) => a + d.n, 0);
+  const parts = f.decision.map((d) => `${d.value}: ${d.n}`);
+  parts.push(`rated: ${f.rated ?? 0} of ${total}`);
+  const box = $("#summary");
+  box.textContent = parts.join(" · ");
+  box.dataset.counts = JSON.stringify(Object.fromEntries([...f.decision.map((d) => [d.value, d.n]), ["rated", f.rated ?? 0]]));
+}
+
+async function refreshSummary() {
+  try {
+    const f = await api("/api/facets");
+    state.facets.decision = f.decision;
+    state.facets.rated = f.rated;
+    renderSummary(f);
+  } catch (e) {
+    // keep the last counts; the queue shows errors that matter
+  }
 }
 
 let filterTimer = null;
@@ -110,7 +132,7 @@ function onFilterChange() {
 }
 
 // ---- queue -----------------------------------------------------------------------------------
-async function loadQueue(selectIndex = 0) {
+async function loadQueue(selectIndex = 0, wantId = null) {
   const seq = ++state.loadSeq;
   const p = filterParams();
   p.set("sort", $("#filters").elements.sort.value);
@@ -126,7 +148,10 @@ async function loadQueue(selectIndex = 0) {
     state.total = page.total;
     state.nextCursor = page.next_cursor;
     renderQueue();
-    if (state.rows.length) select(Math.min(Math.max(selectIndex, 0), state.rows.length - 1));
+    const wanted = wantId ? state.rows.findIndex((r) => r.volume_id === wantId) : -1;
+    if (wanted >= 0) select(wanted);
+    else if (wantId) openVolume(wantId);
+    else if (state.rows.length) select(Math.min(Math.max(selectIndex, 0), state.rows.length - 1));
     else showEmpty();
   } catch (e) {
     err.textContent = `Queue: ${e.message}`;
@@ -142,10 +167,10 @@ function renderQueue() {
       "tr",
       { "data-id": r.volume_id, title: r.top_metric ? `largest robust z: ${r.top_metric}` : "" },
       el("td", { class: "num", text: fmt(r.score, 2) }),
-      el("td", { class: "mono", text: r.volume_id }),
-      el("td", { class: "mono", text: r.subject_id || "" }),
-      el("td", { text: r.label || "" }),
-      el("td", { text: r.model_name || "" }),
+      el("td", { class: "mono", text: r.volume_id, title: r.volume_id }),
+      el("td", { class: "mono", text: r.subject_id || "", title: r.subject_id || "" }),
+      el("td", { text: r.label || "", title: r.label || "" }),
+      el("td", { text: r.model_name || "", title: r.model_name || "" }),
       el("td", {}, decisionBadge(r)),
     );
     tr.addEventListener("click", () => select(i));
@@ -222,7 +247,33 @@ async function select(i) {
   }
 }
 
+// A URL per volume: #/volume/<id> opens that volume, whether or not it is on the current queue page.
+const VOLUME_HASH = /^#\/volume\/([A-Za-z0-9][A-Za-z0-9_-]{0,127})$/;
+function hashVolume() {
+  const m = VOLUME_HASH.exec(window.location.hash);
+  return m ? m[1] : null;
+}
+
+async function openVolume(id) {
+  const onPage = state.rows.findIndex((r) => r.volume_id === id);
+  if (onPage >= 0) return select(onPage);
+  state.index = -1;
+  markSelected();
+  try {
+    const d = await api(`/api/volumes/${encodeURIComponent(id)}`);
+    if (state.index !== -1) return; // the user picked a queue row meanwhile
+    state.detail = d;
+    renderDetail(d);
+  } catch (e) {
+    $("#queue-error").textContent = `Link to ${id}: ${e.message}`;
+    $("#queue-error").hidden = false;
+  }
+}
+
 function renderDetail(d) {
+  const link = `#/volume/${d.volume_id}`;
+  if (window.location.hash !== link) history.replaceState(null, "", link);
+  $("#vol-link").href = link;
   $("#empty").hidden = true;
   $("#volume").hidden = false;
   $("#vol-title").textContent = d.volume_id;
@@ -259,15 +310,21 @@ function renderDetail(d) {
     const tr = el(
       "tr",
       {},
-      el("td", { text: m }),
-      el("td", { class: "num", text: fmt(value) }),
+      el("td", { text: m, title: m }),
+      el("td", { class: "num", text: fmt(value), title: String(value ?? "") }),
       el("td", { class: `num${z !== undefined && z !== null && z > 3.5 ? " warn" : ""}`, text: fmt(z, 2) }),
       el("td", { class: "num" }, pctBar(pct ? pct.percentile : null)),
       el("td", { class: "num", text: pct ? fmt(pct.median) : "–" }),
     );
     tbody.append(tr);
   }
-  $("#group-info").textContent = `group: ${d.model_name || "?"} × ${d.label || "?"}, ${d.group_n} volumes`;
+  const group = `${d.model_name || "?"} × ${d.label || "?"}`;
+  $("#group-info").textContent =
+    d.ref_level === "group" || !d.ref_level
+      ? `group: ${group}, ${d.group_n} volumes`
+      : `group ${group} has ${d.group_n} (too few): compared with ${
+          d.ref_level === "class" ? `all ${d.label} volumes` : "all volumes"
+        }, ${d.ref_n}`;
   const reasons = $("#reasons");
   reasons.replaceChildren(
     el("li", { text: `automatic decision: ${d.auto_decision}` }),
@@ -332,6 +389,7 @@ async function saveRating(rating, advance) {
       qrow.decision = row.rating;
     }
     renderQueue();
+    refreshSummary();
     status.textContent = `saved: ${row.rating} by ${row.rater}`;
     status.dataset.saved = `${d.volume_id}:${row.rating}`;
     const badge = $("#vol-decision");
@@ -355,7 +413,9 @@ async function clearRating() {
       qrow.decision = qrow.auto_decision;
     }
     renderQueue();
-    select(state.index);
+    refreshSummary();
+    if (state.index >= 0) select(state.index);
+    else openVolume(d.volume_id);
   } catch (e) {
     $("#rating-status").textContent = `not cleared: ${e.message}`;
   }
@@ -481,8 +541,13 @@ async function start() {
     if (state.detail?.rating) saveRating(state.detail.rating, false);
   });
   document.addEventListener("keydown", onKey);
+  window.addEventListener("hashchange", () => {
+    const id = hashVolume();
+    if (id && id !== state.detail?.volume_id) openVolume(id);
+  });
+  setInterval(refreshSummary, 30000);
   document.body.dataset.ready = "1";
-  await Promise.all([loadQueue(0), loadHistograms()]);
+  await Promise.all([loadQueue(0, hashVolume()), loadHistograms()]);
 }
 
 document.addEventListener("DOMContentLoaded", start);

@@ -7,6 +7,7 @@ browser download is not used. Set MRIFOUNDRY_SCREENSHOT_DIR to keep a screenshot
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -154,3 +155,89 @@ def test_filters_and_histogram_click_narrow_the_queue(page, warehouse: Path):
     page.wait_for_function("() => document.querySelectorAll('#queue tbody tr').length === 1")
     low_snr = min(VOLUMES, key=lambda v: v.snr)
     assert page.locator("#queue tbody tr").first.get_attribute("data-id") == low_snr.volume_id
+
+
+LONG_METRICS = {
+    "mask_mni_dice": 0.912345678,
+    "snr_wm": 12345.678901,
+    "wm2max": 0.512345678,
+    "qi1": 1.23456e-5,
+    "inu_field_coefficient_of_variation": 0.123456789,
+    "efc": 0.54321,
+    "cjv": 0.45678,
+}
+
+LAYOUT_PROBLEMS = """() => {
+  const out = [];
+  const check = (tableSel, boxSel) => {
+    const box = document.querySelector(boxSel);
+    const right = box.getBoundingClientRect().right + 0.5;
+    if (box.scrollWidth > box.clientWidth + 1) out.push(`${boxSel} scrolls sideways`);
+    for (const th of document.querySelectorAll(`${tableSel} th`)) {
+      if (th.getBoundingClientRect().right > right) out.push(`${tableSel} header ${th.textContent} is cut off`);
+      if (th.scrollWidth > th.clientWidth + 1) out.push(`${tableSel} header ${th.textContent} is truncated`);
+    }
+    for (const tr of document.querySelectorAll(`${tableSel} tbody tr`)) {
+      const last = tr.lastElementChild;
+      if (last.getBoundingClientRect().right > right) out.push(`${tableSel} last column of a row is cut off`);
+      for (const inner of last.querySelectorAll('.badge')) {
+        if (inner.getBoundingClientRect().right > last.getBoundingClientRect().right + 0.5)
+          out.push(`${tableSel} badge overflows its cell`);
+      }
+    }
+    for (const pct of document.querySelectorAll(`${tableSel} .pct`)) {
+      const td = pct.closest('td');
+      if (pct.getBoundingClientRect().right > td.getBoundingClientRect().right + 0.5)
+        out.push(`${tableSel} percentile bar overflows its cell`);
+    }
+  };
+  check('#queue', '#left');
+  check('#metrics', '#info');
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1600, 1920])
+def test_queue_and_metric_columns_fit(page, warehouse: Path, width: int):
+    """Every queue column (Decision last) and every metric column (percentiles) is visible at the
+    usual desktop widths, with long metric names and values in the table."""
+    Manifest(warehouse).execute(
+        "UPDATE qc SET metrics_json = ?, updated_at = now() WHERE volume_id = ?",  # now(): the cache sees it
+        [json.dumps(LONG_METRICS), OUTLIER.volume_id],
+    )
+    page.set_viewport_size({"width": width, "height": 900})
+    page.reload()
+    page.wait_for_selector(f'#queue tbody tr[data-id="{OUTLIER.volume_id}"].selected')
+    page.wait_for_function(f"() => document.querySelectorAll('#metrics tbody tr').length === {5 + len(LONG_METRICS)}")
+    assert page.evaluate(LAYOUT_PROBLEMS) == []
+
+
+def _counts(page) -> dict[str, int]:
+    return json.loads(page.get_attribute("#summary", "data-counts") or "{}")
+
+
+def test_header_counts_follow_ratings_without_a_reload(page):
+    page.wait_for_selector(f'#queue tbody tr[data-id="{OUTLIER.volume_id}"].selected')
+    page.wait_for_function(f"() => document.querySelector('#vol-title').textContent === '{OUTLIER.volume_id}'")
+    before = _counts(page)
+    assert before["fail"] == sum(v.decision == "fail" for v in VOLUMES) and before["rated"] == 0
+    page.keyboard.press("p")  # the failed outlier is rated pass
+    page.wait_for_function("() => JSON.parse(document.querySelector('#summary').dataset.counts).rated === 1")
+    after = _counts(page)
+    assert after.get("fail", 0) == before["fail"] - 1 and after["pass"] == before["pass"] + 1
+    assert "rated: 1 of" in page.inner_text("#summary")
+
+
+def test_each_volume_has_a_url(page, server_url: str):
+    page.wait_for_selector(f'#queue tbody tr[data-id="{OUTLIER.volume_id}"].selected')
+    page.wait_for_function(f"() => location.hash === '#/volume/{OUTLIER.volume_id}'")
+    assert page.get_attribute("#vol-link", "href") == f"#/volume/{OUTLIER.volume_id}"
+    # a fresh load of a volume's URL opens that volume, not the top of the queue
+    page.goto(f"{server_url}/#/volume/{PASSING.volume_id}")
+    page.reload()
+    page.wait_for_function(f"() => document.querySelector('#vol-title').textContent === '{PASSING.volume_id}'")
+    assert page.locator(f'#queue tbody tr[data-id="{PASSING.volume_id}"].selected').count() == 1
+    # a link pasted into the open page is followed as well
+    other = VOLUMES[-1].volume_id
+    page.evaluate(f"() => {{ location.hash = '#/volume/{other}'; }}")
+    page.wait_for_function(f"() => document.querySelector('#vol-title').textContent === '{other}'")
