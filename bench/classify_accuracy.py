@@ -13,6 +13,12 @@ Prints accuracy, per-class precision/recall/F1, the confusion matrix and every m
 A second block scores the rows whose CSV label disagrees with what the acquisition physically is
 (`LABEL_NOTES`), so that number is never mixed into the first one.
 
+Calibration: a reliability table (confidence bins: series, mean confidence, accuracy), the
+expected calibration error (ECE: series-weighted mean |accuracy - confidence| over the bins) and the
+Brier score of the confidence as a forecast of "the label is right", for both labellings. Baseline in
+the same run: the same labels reported with confidence 1.0 (a classifier that is always sure); the
+ratio of Brier scores says how much the confidences improve on that.
+
 Usage:
     .venv/bin/python bench/classify_accuracy.py [--csv PATH] [--max-rows-shown 50]
 """
@@ -219,6 +225,48 @@ def _print_metrics(title: str, m: dict[str, object]) -> None:
         print(f"  {t:<7}" + "".join(f"{confusion[(t, p)]:>7}" for p in LABELS))  # type: ignore[index]
 
 
+CONFIDENCE_BINS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001)
+
+
+def reliability(pairs: Sequence[tuple[str, str]], confidences: Sequence[float]) -> tuple[list[dict], float]:
+    """Per confidence bin: series, mean confidence, accuracy; and the expected calibration error."""
+    rows, ece, n = [], 0.0, len(pairs)
+    for lo, hi in zip(CONFIDENCE_BINS[:-1], CONFIDENCE_BINS[1:], strict=True):
+        idx = [i for i, c in enumerate(confidences) if lo <= c < hi]
+        if not idx:
+            continue
+        conf = sum(confidences[i] for i in idx) / len(idx)
+        acc = sum(1 for i in idx if pairs[i][0] == pairs[i][1]) / len(idx)
+        rows.append({"bin": f"[{lo:.2f}, {min(hi, 1.0):.2f}]", "n": len(idx), "confidence": conf, "accuracy": acc})
+        ece += len(idx) / n * abs(acc - conf)
+    return rows, ece
+
+
+def brier(pairs: Sequence[tuple[str, str]], confidences: Sequence[float]) -> float:
+    """Mean squared error of the confidence as the probability that the label is right."""
+    n = len(pairs)
+    return sum((c - (t == p)) ** 2 for (t, p), c in zip(pairs, confidences, strict=True)) / n if n else float("nan")
+
+
+def _print_reliability(title: str, pairs: Sequence[tuple[str, str]], scored: Sequence[Scored]) -> float:
+    rows, ece = reliability(pairs, [s.result.confidence for s in scored])
+    print(f"\n{title}")
+    print(f"  {'confidence':<14} {'series':>6} {'mean conf':>9} {'accuracy':>8} {'gap':>7}")
+    for r in rows:
+        gap = r["accuracy"] - r["confidence"]
+        print(f"  {r['bin']:<14} {r['n']:>6} {r['confidence']:>9.3f} {r['accuracy']:>8.3f} {gap:>+7.3f}")
+    wrong = [s for s, (t, p) in zip(scored, pairs, strict=True) if t != p]
+    caught = sum(1 for s in wrong if s.result.needs_review)
+    review = sum(1 for s in scored if s.result.needs_review)
+    top = sum(1 for s in wrong if s.result.confidence >= 0.95)
+    print(f"  expected calibration error (ECE) {ece:.4f}")
+    print(
+        f"  review: {review} of {len(scored)} series ({review / len(scored):.1%}); errors {len(wrong)}, "
+        f"{caught} of them in review, {top} with confidence >= 0.95"
+    )
+    return ece
+
+
 def _error_key(s) -> tuple:
     """How misclassified rows are grouped in the report: dataset, suffix, description, truth, prediction."""
     return (
@@ -268,6 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{note.physical_label}: {note.why}"
         )
     _print_metrics("Same run, the noted rows scored with their physical label", metrics(relabelled(scored)))
+    given = [(s.truth, s.result.label) for s in scored]
+    ece_given = _print_reliability("Reliability (labels as given)", given, scored)
+    ece_noted = _print_reliability("Reliability (noted rows with their physical label)", relabelled(scored), scored)
+    for title, pairs in (("as given", given), ("physical labels", relabelled(scored))):
+        ours = brier(pairs, [s.result.confidence for s in scored])
+        sure = brier(pairs, [1.0] * len(scored))
+        ratio = f"{ours / sure:.3f}" if sure else "n/a (no errors)"
+        print(f"\nBrier ({title}): {ours:.4f}; always-sure baseline {sure:.4f}; ratio {ratio}")
+    print(f"ECE: {ece_given:.4f} (as given), {ece_noted:.4f} (physical labels)")
     return 0
 
 

@@ -61,6 +61,7 @@ class SeriesHeader:
     angio_flag: bool = False
     epi_factor: int | None = None
     echo_train_length: int | None = None
+    pixel_bandwidth: float | None = None  # Hz/pixel: echo-planar readouts need >~1400, TSE/GRE far less
 
 
 def _item(ds: Any, keyword: str) -> Any:
@@ -234,6 +235,7 @@ def header_from_dataset(ds: Any) -> SeriesHeader:
         angio_flag=_str(ds.get("AngioFlag")).upper() == "Y",
         epi_factor=epi_factor,
         echo_train_length=_int(ds.get("EchoTrainLength")),
+        pixel_bandwidth=_float(ds.get("PixelBandwidth")),
     )
 
 

@@ -65,6 +65,12 @@ _DERIVED_IMAGE_TYPES = {
     "CBV",
     "MTT",
     "TTP",
+    "SUB",
+    "COLFA",
+    "EXP",
+    "MINIP",
+    "CPR",
+    "FUSED",
 }
 _DERIVED_DESC_RE = re.compile(
     r"(?<![a-z0-9])(adc|eadc|fa|colfa|color ?fa|trace|tracew|t1 ?map|t2 ?map|mip|mnip|mpr reformat|"
@@ -149,7 +155,10 @@ def series_rejection(
             return "localizer", f"{field_name} contains localizer keyword '{m.group(0)}'"
     if n_orientations > 1 and n_instances <= 5 * n_orientations:
         return "localizer", f"{n_orientations} slice orientations in {n_instances} images (multi-plane scout)"
-    if header.image_type[:1] == ("DERIVED",) or "SECONDARY" in header.image_type[:2]:
+    # DERIVED\PRIMARY without a map token is a vendor-corrected reconstruction (GE PURE "PU:",
+    # Siemens prescan-normalise, distortion correction): the image radiologists read, with the
+    # acquisition's physics. Only SECONDARY images (reformats, screenshots) and computed maps are derived.
+    if "SECONDARY" in header.image_type[:2] or header.image_type[:2] == ("DERIVED",):
         return "derived", f"ImageType {'/'.join(header.image_type[:2])} (not an original acquisition)"
     maps = sorted(_DERIVED_IMAGE_TYPES.intersection(header.image_type))
     if maps:
