@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tasks.lifecycle import sweep_interrupted
+from warehouse.identity import ensure_warehouse_id
 from warehouse.manifest import Manifest
 
 # Bump when a stage's output changes meaning: series curated by an older version are redone.
@@ -89,6 +90,7 @@ def open_warehouse(root: Path | str, run_id: str | None = None) -> WarehouseCont
     for sub in ("shards", "checkpoints", "reports", "derivatives"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     manifest = Manifest(root).init()
+    ensure_warehouse_id(manifest)  # made once; events and triggers name the warehouse by it
     sweep_interrupted(manifest)
     return WarehouseContext(root=root, run_id=run_id or f"run-{uuid.uuid4().hex[:12]}")
 

@@ -103,9 +103,10 @@ def shards_task(ctx: WarehouseContext) -> shards.ShardBuild:
 
 @task(name="pretrain", tags=["torch"], **_COMMON)
 def pretrain_task(
-    ctx: WarehouseContext, preset: str, snapshot_id: str | None, steps: int | None
+    ctx: WarehouseContext, preset: str, snapshot_id: str | None, steps: int | None, **options: object
 ) -> train.PretrainOutcome:
-    return train.pretrain(ctx, preset=preset, snapshot_id=snapshot_id, steps=steps)
+    """`options`: epochs, phase, init_from, launch, num_workers (see tasks.train.pretrain)."""
+    return train.pretrain(ctx, preset=preset, snapshot_id=snapshot_id, steps=steps, **options)
 
 
 @task(name="evaluate", tags=["torch"], **_COMMON)
@@ -119,22 +120,53 @@ def report_task(ctx: WarehouseContext) -> str:
 
 
 SNAPSHOT_EVENT = "mrifoundry.snapshot.committed"
+"""Curation froze a snapshot with enough new volumes; triggers this warehouse's `pretrain` deployment."""
+PRETRAIN_EVENT = "mrifoundry.pretrain.completed"
+"""Pretraining recorded a checkpoint; triggers this warehouse's `evaluate` deployment (not any pretrain run's)."""
+
+
+def _emit(ctx: WarehouseContext, event: str, payload: dict) -> str:
+    """Emit `event` about this warehouse: the resource id names the warehouse id, never a path.
+
+    Triggers match that resource id exactly (flows/deployments.py), so an event of another warehouse,
+    or a pretrain run started by hand elsewhere, never starts this warehouse's deployments.
+    """
+    from prefect.events import emit_event
+
+    from warehouse.identity import ensure_warehouse_id, resource_id
+
+    wid = ensure_warehouse_id(ctx.manifest)
+    emit_event(
+        event=event,
+        resource={"prefect.resource.id": resource_id(wid), "prefect.resource.name": f"warehouse-{wid}"},
+        payload={**payload, "warehouse_id": wid},
+    )
+    return wid
 
 
 @task(name="announce-snapshot", **_COMMON)
 def announce_snapshot_task(ctx: WarehouseContext, build: shards.ShardBuild, min_new_volumes: int = 1) -> bool:
     """Emit the custom event that triggers the `pretrain` deployment when enough new data arrived."""
-    from prefect.events import emit_event
-
     if build.snapshot_id is None or not build.snapshot_created or build.new_volumes < min_new_volumes:
         return False
-    emit_event(
-        event=SNAPSHOT_EVENT,
-        resource={"prefect.resource.id": f"mrifoundry.warehouse.{ctx.root.name}"},
-        payload={
-            "snapshot_id": build.snapshot_id,
-            "warehouse": str(ctx.root),
-            "new_volumes": build.new_volumes,
-        },
-    )
+    _emit(ctx, SNAPSHOT_EVENT, {"snapshot_id": build.snapshot_id, "new_volumes": build.new_volumes})
     return True
+
+
+@task(name="announce-checkpoint", **_COMMON)
+def announce_checkpoint_task(ctx: WarehouseContext, checkpoint_id: str, snapshot_id: str, preset: str) -> None:
+    """Emit the event that triggers this warehouse's `evaluate` deployment on the new checkpoint."""
+    _emit(ctx, PRETRAIN_EVENT, {"checkpoint_id": checkpoint_id, "snapshot_id": snapshot_id, "preset": preset})
+
+
+@task(name="publish-summary", **_COMMON)
+def publish_summary_task(ctx: WarehouseContext, kind: str, markdown: str, description: str = "") -> str:
+    """A markdown artifact under `<kind>-<warehouse id>`: one stable key per warehouse and flow, so the
+    Prefect UI lists every run's summary as the history of that key."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from warehouse.identity import ensure_warehouse_id
+
+    key = f"{kind}-{ensure_warehouse_id(ctx.manifest)}"
+    create_markdown_artifact(markdown=markdown, key=key, description=description or f"{kind} of this warehouse")
+    return key
