@@ -12,8 +12,9 @@ A checkpoint (`last.pt`) is a dict:
     rng           torch (and CUDA) RNG states
     model_config, train_config   the configs as dicts
     init          for a cooldown: {"path", "step"} of the main-phase checkpoint it started from; else None
-    metadata      the caller's provenance (snapshot id, code version, ...)
-The data position needs no field of its own: batches are a pure function of (seed, step).
+    stream        {"n_items", "epoch", "samples_seen"}: where the run is in its data stream (sampler.py);
+                  batches are a pure function of (seed, step), this pins the dataset they were drawn from
+    metadata      the caller's provenance (snapshot id, code version, preset, ...)
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from model.config import ModelConfig, TrainConfig
 from model.encoder import Encoder
 
 # 2: phase, world_size and init fields; attention gate in the blocks.
-CHECKPOINT_FORMAT = 2
+# 3: stream position; augmentation on the device; init truncated at +-2 absolute; lr follows applied steps.
+CHECKPOINT_FORMAT = 3
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:

@@ -56,6 +56,43 @@ VJEPA2_MASKS: tuple[MaskSpec, ...] = (
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of each augmentation (defaults: the old MONAI pipeline)."""
+
+    flip_prob: float = 0.5
+    bias_prob: float = 0.5
+    bias_coeff: tuple[float, float] = (0.0, 0.1)
+    bias_degree: int = 3
+    gamma_prob: float = 0.5
+    gamma: tuple[float, float] = (0.6, 1.5)
+    noise_prob: float = 0.5
+    noise_std: float = 0.1
+    shift_prob: float = 0.5
+    shift: float = 0.1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_prob") and not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{f.name}={getattr(self, f.name)} must be a probability in [0, 1]")
+        if self.bias_degree < 1:
+            raise ValueError(f"AugmentConfig.bias_degree={self.bias_degree} must be >= 1")
+        if not 0.0 < self.gamma[0] <= self.gamma[1]:
+            raise ValueError(f"AugmentConfig.gamma={self.gamma} must satisfy 0 < low <= high")
+
+    @property
+    def n_bias_terms(self) -> int:
+        """Polynomial terms with total degree <= bias_degree in 3D (20 for degree 3)."""
+        d = self.bias_degree
+        return (d + 1) * (d + 2) * (d + 3) // 6
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "reference": AugmentConfig(),  # the distributions of the original MONAI pipeline
+    "none": AugmentConfig(flip_prob=0.0, bias_prob=0.0, gamma_prob=0.0, noise_prob=0.0, shift_prob=0.0),
+}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture, masking and loss switches of the JEPA-MoE (defaults: Neuro-JEPA base).
 
@@ -209,6 +246,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda (this process's local rank) when available, else cpu
     compile: bool = False  # torch.compile the training forward (GPU runs; needs a C++ toolchain on CPU)
     collapse_std: float = 1e-3  # warn when target features barely vary across the batch
+    augment: str = "reference"  # AUGMENT_PRESETS name: "reference" (the old MONAI distributions) or "none"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.steps < 0 or self.warmup_steps < 0 or self.cooldown_steps < 0:
@@ -220,6 +258,8 @@ class TrainConfig:
             raise ValueError(f"ema={self.ema} must be in [0, 1]")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 1")
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(f"augment={self.augment!r} is not one of {sorted(AUGMENT_PRESETS)}")
         if not 0.0 <= self.final_lr <= self.lr:
             raise ValueError(f"final_lr={self.final_lr} must be in [0, lr={self.lr}]: the cooldown only decays")
 

@@ -13,9 +13,9 @@ Buffers are broadcast from rank 0 once, when DDP wraps the model (zero counts, t
 but not before every forward (`forward_sync_buffers=False`): the per-step counts must stay rank-local
 until they are summed, and the routing bias then stays identical on every rank by construction.
 
-Launch: `torchrun --nproc-per-node N -m model.train_ddp ...` (see train_ddp.py), or call
-`init_distributed()` at the top of any script started by torchrun; `train()` picks the process group
-up by itself.
+Launch: `mrifoundry pretrain --warehouse W --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT]`
+(which starts tasks/pretrain_worker.py under torchrun), or call `init_distributed()` at the top of any
+script started by torchrun; `train()` picks the process group up by itself.
 """
 
 from __future__ import annotations

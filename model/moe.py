@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from model.blocks import MLP
+from model.blocks import MLP, TRUNC
 
 
 class MoE(nn.Module):
@@ -53,7 +53,7 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n_routed, hidden, dim))  # [E, Hd, D]
         self.b2 = nn.Parameter(torch.zeros(n_routed, dim))  # [E, D]
         for w in (self.w1, self.w2):
-            nn.init.trunc_normal_(w, std=init_std, a=-2 * init_std, b=2 * init_std)
+            nn.init.trunc_normal_(w, std=init_std, a=-TRUNC, b=TRUNC)  # as blocks.init_weights
         self.shared = MLP(dim, n_shared * hidden) if n_shared > 0 else None
         # Routing bias: persistent (checkpointed, copied into the EMA target). Counts: per-step scratch.
         self.register_buffer("expert_bias", torch.zeros(n_routed))

@@ -1,10 +1,13 @@
 """The pretraining loop: AdamW, warmup-then-constant LR with a separate cooldown phase, EMA target,
 MoE balancing, exact resume, data parallelism.
 
-One step: build batch `step` (a pure function of seed and step, see StepBatches; under DDP each rank
-builds its slice of the global batch) -> forward under bf16 autocast on CUDA -> backward (DDP averages
-gradients) -> clip to 1.0 -> skip the step if the global loss or the gradient norm is not finite ->
-AdamW -> update the MoE routing biases from this step's counts, summed over ranks -> EMA the target.
+One step: a loader worker builds batch `step` (a pure function of seed and step, see batches.py and
+sampler.py; under DDP each rank builds its slice of the global batch: read + scale, augmentation
+parameters, masks) -> to the device -> batched augmentation there (augment.py) -> forward under bf16
+autocast on CUDA -> backward (DDP averages gradients) -> clip to 1.0 -> skip the step if the global
+loss or the gradient norm is not finite -> AdamW -> update the MoE routing biases from this step's
+counts, summed over ranks -> EMA the target. A skipped step consumes its batch but not the lr
+schedule: the rate follows the number of applied updates.
 
 Two phases, each with its own out_dir: `train` (main: warmup then constant lr, extendable at will)
 and `cooldown` (starts from a main checkpoint's weights, EMA target, routing biases and AdamW moments,
@@ -14,7 +17,7 @@ restarted on the same out_dir continues bit-for-bit as if never stopped.
 
 Logged every step (the `log` callback on rank 0, and the progress bar): loss, lr, grad norm,
 MinVio/MaxVio per MoE layer and their extremes, target feature std (collapse guard), seconds spent
-waiting for data and computing, samples/s and tokens/s.
+waiting for data, augmenting and computing, samples/s and tokens/s.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from model import checkpoint as ckpt
+from model.augment import AUGMENT_PRESETS, augment_batch, split_params
+from model.batches import StepBatches
 from model.checkpoint import load_encoder
 from model.config import ModelConfig, TrainConfig
 from model.distributed import World, all_reduce_mean, barrier, current_world, device_for, wrap_ddp
 from model.jepa import JEPA, check_collapse
 from model.masks import MaskCollator, derive_seed
+from model.sampler import StreamPosition
 
 __all__ = [
     "StepBatches",
@@ -70,60 +76,6 @@ class TrainResult:
     seconds: float
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Batch number `step`, deterministically: a map-style dataset indexed by step.
-
-    The global batch of step s holds positions s*W*B .. (s+1)*W*B - 1 of an endless stream of epochs
-    (W = world_size, B = batch_size per rank), each epoch a permutation of the dataset seeded by
-    (seed, epoch); rank r takes the r-th slice of B (a DistributedSampler that cannot drift).
-    Augmentation draw = stream position, masks seeded by (seed, step, position in the global batch).
-    Indexing by step (instead of iterating) is what makes resume exact and lets DataLoader workers
-    build batches in parallel without shared RNG state.
-    """
-
-    def __init__(
-        self,
-        dataset: Sequence,
-        collator: MaskCollator,
-        batch_size: int,
-        seed: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if len(dataset) == 0:
-            raise ValueError("the training dataset is empty; curate at least one volume first")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in 0..world_size-1={world_size - 1}")
-        self.dataset, self.collator, self.batch_size, self.seed = dataset, collator, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def indices(self, step: int) -> list[tuple[int, int]]:
-        """(dataset index, stream position) of each sample this rank holds in batch `step`."""
-        start = (step * self.world_size + self.rank) * self.batch_size
-        out = []
-        for position in range(start, start + self.batch_size):
-            epoch, offset = divmod(position, len(self.dataset))
-            out.append((int(self._perm(epoch)[offset]), position))
-        return out
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.clear()
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-            self._perms[epoch] = torch.randperm(len(self.dataset), generator=gen)
-        return self._perms[epoch]
-
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        sample = getattr(self.dataset, "sample", None)  # VolumeDataset: augmentation keyed by draw
-        pairs = self.indices(step)
-        items = [sample(i, draw) if sample else self.dataset[i] for i, draw in pairs]
-        global_start = step * self.world_size * self.batch_size
-        return self.collator(items, step, [position - global_start for _, position in pairs])
-
-
 @dataclass(frozen=True)
 class _Phase:
     name: str
@@ -152,8 +104,9 @@ def train(
     Args:
         model_cfg: architecture (`model_cfg, train_cfg = presets.get_preset(name)`).
         train_cfg: optimisation recipe; `batch_size` is per process.
-        dataset: sized, indexable items {"image": [1, X, Y, Z], "fg": [N] (optional)}; when it has
-            `sample(index, draw)` (VolumeDataset) augmentations are keyed by draw, so resume is exact.
+        dataset: sized, indexable, un-augmented items {"image": [1, X, Y, Z] in [0, 1], "fg": [N] (optional)}
+            (tasks.snapshot_data.SnapshotVolumes, or VolumeDataset(train=False)); `train_cfg.augment`
+            names the augmentation applied on the device.
         out_dir: where last.pt goes (created if missing).
         metadata: JSON-serialisable provenance stored in the checkpoint (snapshot id, code version).
         resume: continue from out_dir/last.pt when it exists; False starts over and overwrites it.
@@ -216,13 +169,24 @@ def _run(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "last.pt"
 
+    batches = StepBatches(
+        dataset,
+        MaskCollator(model_cfg, phase.stream_seed),
+        train_cfg.batch_size,
+        phase.stream_seed,
+        rank=world.rank,
+        world_size=world.world_size,
+        augment=None if train_cfg.augment == "none" else AUGMENT_PRESETS[train_cfg.augment],
+    )
     torch.manual_seed(train_cfg.seed)
     model = JEPA(model_cfg).to(device)
     optimizer = build_optimizer(model, train_cfg)
     step, losses, skipped, init = 0, [], 0, None
     saved_at: int | None = None  # step of the checkpoint on disk that belongs to this run
     if resume and ckpt_path.exists():
-        step, losses, skipped, init = _resume(ckpt_path, model, optimizer, phase, world, model_cfg, train_cfg)
+        step, losses, skipped, init, position = _resume(ckpt_path, model, optimizer, phase, world, model_cfg, train_cfg)
+        if batches.stream.step_at(position) != step:  # also refuses a checkpoint of another snapshot size
+            raise ValueError(f"{ckpt_path}: its stream position {position} is not step {step}; start a fresh out_dir")
         saved_at = step
     elif init_from is not None:
         init = _start_from(init_from, model, optimizer, model_cfg)
@@ -244,6 +208,7 @@ def _run(
                     "model_config": model_cfg.to_dict(),
                     "train_config": train_cfg.to_dict(),
                     "init": init,
+                    "stream": batches.stream.position_at(step).to_dict(),
                     "metadata": metadata,
                 },
                 ckpt_path,
@@ -254,14 +219,6 @@ def _run(
     forward: torch.nn.Module = wrap_ddp(model, device) if world.distributed else model
     if train_cfg.compile:
         forward = torch.compile(forward)
-    batches = StepBatches(
-        dataset,
-        MaskCollator(model_cfg, phase.stream_seed),
-        train_cfg.batch_size,
-        phase.stream_seed,
-        rank=world.rank,
-        world_size=world.world_size,
-    )
     loader = torch.utils.data.DataLoader(
         batches,
         batch_size=None,
@@ -278,8 +235,12 @@ def _run(
     ready = time.perf_counter()
     for batch in loader:
         fetched = time.perf_counter()
-        lr = phase.lr_at(step)
+        lr = phase.lr_at(step - skipped)  # a skipped step does not advance the schedule
+        batch, aug = split_params(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if aug:
+            augment_batch(batch["image"], aug, batches.augment)
+        augmented = time.perf_counter()
         out = train_step(forward, model, optimizer, params, batch, lr, train_cfg.grad_clip, autocast, world)
         if out.applied:
             model.ema_update(train_cfg.ema)
@@ -288,7 +249,8 @@ def _run(
         losses.append(out.values["loss"])
         step += 1
         done = time.perf_counter()
-        record = _record(step, lr, out, data_s=fetched - ready, compute_s=done - fetched)
+        record = _record(step, lr, out, data_s=fetched - ready, compute_s=done - augmented)
+        record["augment_seconds"] = augmented - fetched
         record["samples_per_s"] = global_batch / (done - ready)
         record["tokens_per_s"] = global_batch * model_cfg.n_tokens / (done - ready)
         if world.is_main:
@@ -324,8 +286,8 @@ def _resume(
     world: World,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-) -> tuple[int, list[float], int, dict | None]:
-    """Restore model, optimizer and RNG from this phase's checkpoint: (step, losses, skipped, init).
+) -> tuple[int, list[float], int, dict | None, StreamPosition]:
+    """Restore model, optimizer and RNG from this phase's checkpoint: (step, losses, skipped, init, stream).
 
     Loaded to CPU and dropped on return, so a GPU never holds a second copy of weights and moments.
     """
@@ -342,7 +304,8 @@ def _resume(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
     ckpt.set_rng_state(state["rng"])
-    return state["step"], list(state["losses"]), state["skipped_steps"], state["init"]
+    position = StreamPosition(**state["stream"])
+    return state["step"], list(state["losses"]), state["skipped_steps"], state["init"], position
 
 
 def _start_from(path: Path, model: JEPA, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> dict:

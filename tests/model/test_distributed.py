@@ -2,21 +2,19 @@
 
 The worker joins the group through `init_distributed()` from torchrun's environment variables, so
 the torchrun entry path is what is tested, only started by torch.multiprocessing instead of torchrun.
+The real launcher (`mrifoundry pretrain --nproc-per-node 2` on a warehouse) is tested in
+tests/tasks/test_train_launcher.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from model.augment import PARAM_KEYS, AugmentConfig
 from model.data import VolumeDataset
 from model.distributed import World, current_world, device_for, init_distributed
 from model.jepa import JEPA
@@ -67,18 +65,20 @@ def test_two_process_gloo_run_matches_single_process_on_the_same_global_batch(tm
     assert (biases[key] - initial[key]).abs().max() > 1e-4
 
 
-def test_rank_slices_partition_the_global_batch_and_keep_its_masks():
+def test_rank_slices_partition_the_global_batch_and_keep_its_masks_and_augmentations():
     ds = VolumeDataset(blob_volumes(3), train=False, seed=0)
     collator = MaskCollator(TINY, seed=5)
-    whole = StepBatches(ds, collator, batch_size=4, seed=5)
-    parts = [StepBatches(ds, collator, batch_size=2, seed=5, rank=r, world_size=2) for r in range(2)]
+    whole = StepBatches(ds, collator, batch_size=4, seed=5, augment=AugmentConfig())
+    parts = [StepBatches(ds, collator, 2, seed=5, rank=r, world_size=2, augment=AugmentConfig()) for r in range(2)]
     for step in (0, 3):
         assert parts[0].indices(step) + parts[1].indices(step) == whole.indices(step)
     with single_thread():
         full, halves = whole[1], [p[1] for p in parts]
     for key in ("context_idx", "target_idx"):  # [G, B, K]: rank r holds columns 2r, 2r+1
         assert torch.equal(torch.cat([h[key] for h in halves], dim=1), full[key])
-    assert torch.equal(torch.cat([h["image"] for h in halves]), full["image"])
+    for key in ("image", "fg", *PARAM_KEYS):  # [B, ...]: rank r holds rows 2r, 2r+1
+        assert torch.equal(torch.cat([h[key] for h in halves]), full[key]), key
+    assert full["aug_flip"].any() and not full["aug_flip"].all()  # flips drawn, and they differ per sample
 
 
 def test_step_batches_reject_a_rank_outside_the_world():
@@ -100,24 +100,3 @@ def test_partial_torchrun_environment_names_what_is_missing(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(RuntimeError, match="\\['RANK', 'MASTER_ADDR', 'MASTER_PORT'\\] are not"):
         init_distributed()
-
-
-@pytest.mark.slow
-def test_torchrun_launches_main_and_cooldown_phases(tmp_path):
-    """The real launcher (two gloo processes on CPU), through model/train_ddp.py, both phases (~40 s)."""
-    root = Path(__file__).resolve().parents[2]
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--nproc-per-node", "2", "-m", "model.train_ddp", "--preset", "tiny", "--synthetic", "4", "--steps", "2"]
-
-    def launch(*extra: str) -> dict:
-        res = subprocess.run([str(torchrun), *common, *extra], cwd=root, env=env, capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return json.loads(res.stdout.strip().splitlines()[-1])
-
-    main = launch("--out", str(tmp_path / "main"))
-    assert (main["phase"], main["world_size"], main["steps"], main["skipped_steps"]) == ("main", 2, 2, 0)
-    cool = launch("--out", str(tmp_path / "cool"), "--phase", "cooldown", "--init-from", main["checkpoint"])
-    assert (cool["phase"], cool["world_size"], cool["steps"]) == ("cooldown", 2, 2)
-    state = torch.load(cool["checkpoint"], weights_only=True)
-    assert state["init"] == {"path": main["checkpoint"], "step": 2} and state["world_size"] == 2

@@ -131,7 +131,7 @@ def test_balancing_drives_routing_towards_uniform():
     with torch.no_grad():
         moe(x)
         first = moe.update_bias()
-        for _ in range(40):
+        for _ in range(80):
             moe(x)
             last = moe.update_bias()
     assert first[1] > 1.5 and last[1] < 1.2, (first, last)

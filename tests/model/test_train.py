@@ -25,7 +25,7 @@ def _one_thread():
 
 
 def dataset() -> VolumeDataset:
-    return VolumeDataset(blob_volumes(4), train=True, seed=0)
+    return VolumeDataset(blob_volumes(4), train=False, seed=0)  # augmented by the loop, on the device
 
 
 def test_loss_decreases_over_twenty_tiny_steps(tmp_path):
@@ -202,5 +202,27 @@ def test_load_encoder_reads_checkpoints_from_before_the_attention_gate(tmp_path)
     loaded, cfg = load_encoder(tmp_path / "old.pt")
     assert cfg == old_cfg and loaded.blocks[0].attn.gate is None
     (tmp_path / "old.pt").rename(tmp_path / "last.pt")
-    with pytest.raises(ValueError, match="format 1, this code writes 2; training cannot continue from it"):
+    with pytest.raises(ValueError, match="format 1, this code writes 3; training cannot continue from it"):
         train(TINY, TRAIN, dataset(), tmp_path, metadata=META, progress=False)
+
+
+def test_a_skipped_step_does_not_advance_the_lr_schedule(tmp_path):
+    bad = [{"image": torch.full((1, *TINY.img_size), float("nan")), "fg": torch.ones(576, dtype=torch.bool)}]
+    logs: list[dict] = []
+    cfg = dataclasses.replace(TRAIN, steps=3)  # warmup 5: the rate would rise every applied step
+    train(TINY, cfg, bad, tmp_path, metadata=META, log=logs.append, progress=False)
+    assert [r["skipped"] for r in logs] == [1.0, 1.0, 1.0]
+    assert [r["lr"] for r in logs] == [cfg.start_lr] * 3  # still step 0 of the schedule
+    assert cfg.lr_at(1) > cfg.start_lr
+
+
+def test_weights_are_truncated_at_two_absolute_not_two_sigma():
+    from model.jepa import JEPA
+
+    torch.manual_seed(0)
+    model = JEPA(dataclasses.replace(TINY, init_std=0.02))
+    w = model.context_encoder.blocks[0].mlp.fc1.weight  # not rescaled by depth
+    assert w.std().item() == pytest.approx(0.02, rel=0.03)  # +-2 sigma truncation would give 0.0176
+    assert (w.abs() > 0.04).float().mean().item() > 0.03  # ~4.6 % of a normal lies beyond 2 sigma
+    experts = model.context_encoder.blocks[1].mlp.w1
+    assert experts.std().item() == pytest.approx(0.02, rel=0.03)
