@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import units
+from tasks.artifacts import curation_markdown
 from tasks.lifecycle import run_lifecycle
-from tasks.summary import curation_summary, markdown_table
+from tasks.summary import curation_summary
 
 
 # Two workers: registration (ITK) and skull-stripping (torch) are multi-threaded already, so more
@@ -90,7 +91,5 @@ def curate_flow(
         units.announce_snapshot_task(ctx, build, min_new_volumes)
         summary = curation_summary(ctx, scan_files=scan.n_files, plan=plan, build=build)
         run.summary = summary
-        create_markdown_artifact(
-            markdown=markdown_table(summary), key="curation-summary", description="curation run summary"
-        )
+        units.publish_summary_task(ctx, "curation-summary", curation_markdown(summary, flagged))
     return summary
