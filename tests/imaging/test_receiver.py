@@ -120,6 +120,25 @@ def test_unlisted_calling_ae_is_refused_at_association(
     assert len(_dcm_files(r.config.drop)) == 1
 
 
+def test_legacy_converted_enhanced_is_stored_and_other_sop_classes_are_not(
+    receiver: tuple[Receiver, int], dicom_data: Path, tmp_path: Path
+) -> None:
+    r, port = receiver
+    (src,) = (dicom_data / "siemens_xa30_enhanced_t1" / "In").iterdir()
+    for name, sop_class in (("legacy", "1.2.840.10008.5.1.4.1.1.4.4"), ("capture", "1.2.840.10008.5.1.4.1.1.7")):
+        ds = pydicom.dcmread(src)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        (tmp_path / name).mkdir()
+        ds.save_as(tmp_path / name / "x.dcm")
+    assert _scu("storescu", port, str(tmp_path / "legacy"), "-r", "-cx").returncode == 0
+    (stored,) = _dcm_files(r.config.drop)
+    assert pydicom.dcmread(stored, stop_before_pixels=True).SOPClassUID == "1.2.840.10008.5.1.4.1.1.4.4"
+    refused = _scu("storescu", port, str(tmp_path / "capture"), "-r", "-cx")
+    assert refused.returncode != 0 and "No accepted presentation contexts" in refused.stderr
+    assert len(_dcm_files(r.config.drop)) == 1
+
+
 def test_interrupted_study_is_invisible_to_curate_until_quiet(ge_files: list[Path], tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     r = Receiver(ReceiverConfig(TITLE, 0, drop, (SENDER,), quiet_seconds=3, host="127.0.0.1"))
