@@ -35,13 +35,14 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from dashboard import images
+from dashboard import class_review, images
 from warehouse import review_queries as rq
 from warehouse.manifest import Manifest
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 """The only files /static serves: an allow-list, so no request path ever reaches the file system."""
@@ -409,6 +410,7 @@ def create_app(
             w.writerow([_csv_cell(r.get(c)) for c in rq.EXPORT_COLUMNS])
         return Response(buf.getvalue(), media_type="text/csv; charset=utf-8", headers=_attachment("ratings.csv"))
 
+    app.include_router(class_review.router(manifest, root, default_rater, _clean))
     return app
 
 

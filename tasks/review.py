@@ -20,17 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from imaging.classify import LABELS, STRUCTURAL, Classification
-from warehouse.manifest import Manifest, now
-from warehouse.queries import (
-    class_review,
-    class_reviews,
-    pending_class_reviews,
-    reopen_series_for_review,
-    series_exists,
-)
+from warehouse.class_review_queries import MAX_NOTE_CHARS as MAX_NOTE_CHARS  # re-exported for callers
+from warehouse.class_review_queries import record_class_review
+from warehouse.manifest import Manifest
+from warehouse.queries import class_review, class_reviews, pending_class_reviews
 
 REVIEW_STATE = "review"
-MAX_NOTE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -88,25 +83,8 @@ def set_review_label(manifest: Manifest, series_key: str, label: str, reviewer: 
         ValueError: the label, reviewer or note is invalid (the message says which and why).
         LookupError: no series with that key in this warehouse.
     """
-    canonical = _normalise_label(label)
-    reviewer = (reviewer or "").strip()
-    if not reviewer:
-        raise ValueError("reviewer is empty; pass who made the decision (kept with the label for audit)")
-    note = (note or "").strip()
-    if len(note) > MAX_NOTE_CHARS:
-        raise ValueError(f"note has {len(note)} characters; keep it under {MAX_NOTE_CHARS}")
-    if not series_key or not series_exists(manifest, series_key):
-        raise LookupError(
-            f"no series {series_key!r} in {manifest.path}; take the key from the review queue "
-            f"(tasks.review.pending_reviews) or `mrifoundry status`"
-        )
-    when = now()
-    manifest.upsert(
-        "class_reviews",
-        [{"series_key": series_key, "label": canonical, "reviewer": reviewer, "note": note, "updated_at": when}],
-    )
-    reopen_series_for_review(manifest, series_key, run_id="review", when=when)
-    return ReviewLabel(series_key, canonical, reviewer, note, when)
+    row = record_class_review(manifest, series_key, _normalise_label(label), reviewer, note)
+    return ReviewLabel(**row)
 
 
 def review_label(manifest: Manifest, series_key: str) -> ReviewLabel | None:

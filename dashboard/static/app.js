@@ -272,7 +272,7 @@ async function openVolume(id) {
 
 function renderDetail(d) {
   const link = `#/volume/${d.volume_id}`;
-  if (window.location.hash !== link) history.replaceState(null, "", link);
+  if (window.location.hash !== link && document.body.dataset.view !== "class") history.replaceState(null, "", link);
   $("#vol-link").href = link;
   $("#empty").hidden = true;
   $("#volume").hidden = false;
@@ -488,6 +488,7 @@ function setRange(metric, lo, hi) {
 // ---- keyboard --------------------------------------------------------------------------------
 const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
 function onKey(ev) {
+  if (document.body.dataset.view === "class") return; // review.js has the keys there
   const target = ev.target;
   if (ev.key === "Escape" && TYPING.has(target.tagName)) {
     target.blur();
