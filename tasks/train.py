@@ -1,24 +1,40 @@
-"""Pretraining over a manifest snapshot: shards -> MONAI dataset -> JEPA-MoE -> checkpoint row.
+"""Pretraining on a warehouse snapshot, in this process or as a torchrun job: spec -> checkpoint row.
 
-The checkpoint directory is keyed by preset and snapshot, and training resumes from `last.pt`, so a
-killed pretraining run continues where it stopped and a finished one is not repeated.
+`pretrain(ctx, ...)` is what the flow calls. It resolves the snapshot and the run's directory, then
+either trains here (one process: the demo, tests, a laptop) or starts `torch.distributed.run` with
+`tasks.pretrain_worker` as the program (several processes on this machine, or one share of a
+multi-node job joined through a rendezvous endpoint). Either way every process runs `run_training`:
+it streams its slice of every batch from the snapshot's shards (tasks.snapshot_data), and global rank
+0 writes the checkpoint, the `checkpoints` row and `result.json`, which the launching process reads.
+
+The checkpoint directory is keyed by preset and snapshot (cooldowns also by the checkpoint they start
+from), and training resumes from `last.pt`, so a killed run continues where it stopped and a finished
+one is not repeated. See docs/training.md for launching across machines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
-from dataclasses import dataclass, replace
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tasks.context import WarehouseContext, code_version
 from warehouse.manifest import now
-from warehouse.queries import latest_snapshot, snapshot_members
+from warehouse.queries import latest_snapshot
 from warehouse.shards import ShardReader
+from warehouse.snapshots import snapshot_member_table
 
 log = logging.getLogger("mrifoundry.train")
+PHASES = ("main", "cooldown")
+RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True)
@@ -34,13 +50,66 @@ class PretrainOutcome:
     skipped_steps: int
     seconds: float
     n_volumes: int
+    phase: str = "main"
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a training process needs (JSON round-trip: it travels to torchrun workers as a file)."""
+
+    warehouse: str
+    run_id: str
+    preset: str
+    snapshot_id: str
+    out_dir: str
+    phase: str = "main"
+    steps: int | None = None  # overrides the phase's steps (main: steps, cooldown: cooldown_steps)
+    epochs: float | None = None  # or: passes over the snapshot, rounded up to whole global batches
+    init_from: str | None = None  # cooldown: the main-phase checkpoint it starts from
+    batch_size: int | None = None
+    num_workers: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainSpec:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes: `nproc_per_node` on each of `nnodes` machines meeting at `rdzv_endpoint`."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous (any one node); needed when nnodes > 1
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ValueError(f"--nproc-per-node {self.nproc_per_node} and --nnodes {self.nnodes} must be >= 1")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"--nnodes {self.nnodes} needs --rdzv-endpoint HOST:PORT (a port on one of the nodes, the same on "
+                "every node) so the machines can find each other"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 def load_snapshot_arrays(
     ctx: WarehouseContext, snapshot_id: str, limit: int | None = None
 ) -> tuple[list[dict], list[np.ndarray]]:
-    """Members of a snapshot (the first `limit` of them, if given) and their volumes as float32 arrays."""
-    members = snapshot_members(ctx.manifest, snapshot_id)[:limit]
+    """Members of a snapshot (the first `limit` of them) and their volumes as float32 arrays.
+
+    Only for a handful of volumes (report mosaics): training and evaluation stream through
+    tasks.snapshot_data.SnapshotVolumes instead of loading a snapshot into memory.
+    """
+    table = snapshot_member_table(ctx.manifest, snapshot_id)
+    members = (table if limit is None else table.slice(0, limit)).to_pylist()
     readers: dict[str, ShardReader] = {}
     arrays = []
     for row in members:
@@ -60,58 +129,218 @@ def resolve_snapshot(ctx: WarehouseContext, snapshot_id: str | None) -> str:
 
 
 def pretrain(
-    ctx: WarehouseContext, preset: str = "tiny", snapshot_id: str | None = None, steps: int | None = None
+    ctx: WarehouseContext,
+    preset: str = "tiny",
+    snapshot_id: str | None = None,
+    steps: int | None = None,
+    *,
+    epochs: float | None = None,
+    phase: str = "main",
+    init_from: str | Path | None = None,
+    launch: Launch | None = None,
+    num_workers: int | None = None,
 ) -> PretrainOutcome:
-    from model.data import VolumeDataset
-    from model.presets import get_preset
-    from model.train import train
+    """Pretrain (or cool down) on a snapshot; resumes a killed run and does not repeat a finished one.
 
+    Args:
+        ctx: the warehouse.
+        preset: model preset (tiny, small, base).
+        snapshot_id: default the latest snapshot.
+        steps: optimizer steps of the phase (default: the preset's); exclusive with `epochs`.
+        epochs: passes over the snapshot instead of steps.
+        phase: "main" or "cooldown" (linear lr decay from a main-phase checkpoint, `init_from`).
+        init_from: the main-phase checkpoint a cooldown starts from (a path, or a checkpoint id).
+        launch: processes and machines; default one process, here.
+        num_workers: DataLoader workers per process (default: the preset's).
+    """
+    from model.presets import get_preset
+
+    get_preset(preset)  # fail on a bad name before anything starts
+    if phase not in PHASES:
+        raise ValueError(f"--phase {phase!r} must be one of {PHASES}")
+    if steps is not None and epochs is not None:
+        raise ValueError("give --steps or --epochs, not both")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if epochs is not None and epochs <= 0:
+        raise ValueError(f"--epochs must be > 0, got {epochs}")
+    launch = launch or Launch()
     snap = resolve_snapshot(ctx, snapshot_id)
-    members, arrays = load_snapshot_arrays(ctx, snap)
-    model_cfg, train_cfg = get_preset(preset)
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {steps}")
-        train_cfg = replace(train_cfg, steps=steps)
     out_dir = ctx.checkpoints_dir / f"{preset}-{snap}"
-    metadata = {
-        "snapshot_id": snap,
-        "code_version": code_version(),
-        "preset": preset,
-        "volume_ids": [m["volume_id"] for m in members],
-        "run_id": ctx.run_id,
-    }
-    log.info("pretraining %s on snapshot %s (%d volumes, %d steps)", preset, snap, len(arrays), train_cfg.steps)
-    dataset = VolumeDataset(arrays, train=True, seed=train_cfg.seed)
-    result = train(model_cfg, train_cfg, dataset, out_dir, metadata=metadata, resume=True, progress=True)
-    ck_id = "ckpt-" + hashlib.sha256(f"{preset}:{snap}:{result.steps}".encode()).hexdigest()[:16]
-    ctx.manifest.upsert(
-        "checkpoints",
-        [
-            {
-                "checkpoint_id": ck_id,
-                "run_id": ctx.run_id,
-                "snapshot_id": snap,
-                "preset": preset,
-                "path": ctx.rel(Path(result.checkpoint_path)),
-                "steps": result.steps,
-                "final_loss": float(result.final_loss),
-                "code_version": code_version(),
-                "created_at": now(),
-            }
-        ],
-    )
-    losses = tuple(float(x) for x in result.losses)
-    return PretrainOutcome(
-        checkpoint_id=ck_id,
-        checkpoint_path=Path(result.checkpoint_path),
-        snapshot_id=snap,
+    init = None
+    if phase == "cooldown":
+        if init_from is None:
+            raise ValueError("--phase cooldown needs --from CHECKPOINT (a main-phase last.pt or a checkpoint id)")
+        init = str(_checkpoint_path(ctx, init_from))
+        out_dir = out_dir.with_name(f"{out_dir.name}-cooldown-{hashlib.sha256(init.encode()).hexdigest()[:8]}")
+    elif init_from is not None:
+        raise ValueError("--from is only for --phase cooldown")
+    spec = TrainSpec(
+        warehouse=str(ctx.root),
+        run_id=ctx.run_id,
         preset=preset,
+        snapshot_id=snap,
+        out_dir=str(out_dir),
+        phase=phase,
+        steps=steps,
+        epochs=epochs,
+        init_from=init,
+        num_workers=num_workers,
+    )
+    log.info("pretraining %s (%s) on snapshot %s with %d process(es)", preset, phase, snap, launch.world_size)
+    if launch.world_size == 1:
+        return run_training(ctx, spec)
+    return _launch_torchrun(spec, launch)
+
+
+def run_training(ctx: WarehouseContext, spec: TrainSpec) -> PretrainOutcome:
+    """One training process (of one, or of a torchrun job): stream the snapshot, train, record on rank 0."""
+    from model.distributed import barrier, current_world
+    from model.presets import get_preset
+    from model.sampler import steps_for_epochs
+    from model.train import cooldown, train
+    from tasks.snapshot_data import SnapshotVolumes
+
+    world = current_world()
+    dataset = SnapshotVolumes(ctx, spec.snapshot_id)
+    model_cfg, train_cfg = get_preset(spec.preset)
+    overrides: dict = {}
+    if spec.batch_size is not None:
+        overrides["batch_size"] = spec.batch_size
+    if spec.num_workers is not None:
+        overrides["num_workers"] = spec.num_workers
+    train_cfg = dataclasses.replace(train_cfg, **overrides)
+    steps = spec.steps
+    if spec.epochs is not None:
+        steps = steps_for_epochs(spec.epochs, len(dataset), train_cfg.batch_size, world.world_size)
+    if steps is not None:
+        train_cfg = dataclasses.replace(train_cfg, **{"steps" if spec.phase == "main" else "cooldown_steps": steps})
+    metadata = {
+        "snapshot_id": spec.snapshot_id,
+        "n_volumes": len(dataset),
+        "code_version": code_version(),
+        "preset": spec.preset,
+        "world_size": world.world_size,
+        "run_id": spec.run_id,
+    }
+    out_dir = Path(spec.out_dir)
+    common = {"metadata": metadata, "resume": True, "progress": world.is_main and sys.stderr.isatty()}
+    if spec.phase == "main":
+        result = train(model_cfg, train_cfg, dataset, out_dir, **common)
+    else:
+        result = cooldown(model_cfg, train_cfg, dataset, out_dir, init_from=Path(spec.init_from or ""), **common)
+    losses = tuple(float(x) for x in result.losses)
+    key = f"{spec.preset}:{spec.snapshot_id}:{result.steps}"
+    if spec.phase == "cooldown":
+        key = f"{key}:cooldown:{spec.init_from}"
+    outcome = PretrainOutcome(
+        checkpoint_id="ckpt-" + hashlib.sha256(key.encode()).hexdigest()[:16],
+        checkpoint_path=Path(result.checkpoint_path),
+        snapshot_id=spec.snapshot_id,
+        preset=spec.preset,
         steps=result.steps,
         first_loss=losses[0] if losses else float("nan"),
         final_loss=float(result.final_loss),
         losses=losses,
         skipped_steps=result.skipped_steps,
         seconds=result.seconds,
-        n_volumes=len(arrays),
+        n_volumes=len(dataset),
+        phase=spec.phase,
+        world_size=world.world_size,
     )
+    if world.is_main:
+        _record_checkpoint(ctx, outcome)
+        _write_result(out_dir / RESULT_FILE, outcome)
+    barrier(world)  # the launcher reads result.json once every process is done
+    return outcome
+
+
+def _record_checkpoint(ctx: WarehouseContext, out: PretrainOutcome) -> None:
+    ctx.manifest.upsert(
+        "checkpoints",
+        [
+            {
+                "checkpoint_id": out.checkpoint_id,
+                "run_id": ctx.run_id,
+                "snapshot_id": out.snapshot_id,
+                "preset": out.preset,
+                "path": ctx.rel(out.checkpoint_path),
+                "steps": out.steps,
+                "final_loss": float(out.final_loss),
+                "code_version": code_version(),
+                "created_at": now(),
+            }
+        ],
+    )
+
+
+def _write_result(path: Path, out: PretrainOutcome) -> None:
+    data = dataclasses.asdict(out) | {"checkpoint_path": str(out.checkpoint_path)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_result(path: Path) -> PretrainOutcome:
+    data = json.loads(path.read_text())
+    data["checkpoint_path"] = Path(data["checkpoint_path"])
+    data["losses"] = tuple(data["losses"])
+    return PretrainOutcome(**data)
+
+
+def _checkpoint_path(ctx: WarehouseContext, ref: str | Path) -> Path:
+    """A checkpoint file from a path or a `checkpoints` row id."""
+    path = Path(ref)
+    if path.is_file():
+        return path.resolve()
+    rows = ctx.manifest.query("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [str(ref)])
+    if rows:
+        return ctx.abs(rows[0]["path"]).resolve()
+    raise FileNotFoundError(
+        f"--from {ref}: neither a checkpoint file nor a checkpoint id of {ctx.root}; `mrifoundry status` shows "
+        "the latest checkpoint"
+    )
+
+
+def torchrun_command(spec_path: Path, launch: Launch, job_id: str) -> list[str]:
+    """The `torch.distributed.run` command line that starts this node's share of the job."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}"]
+    if launch.nnodes == 1 and launch.rdzv_endpoint is None:
+        cmd.append("--standalone")  # a free local port, no endpoint to agree on
+    else:
+        cmd += [
+            f"--nnodes={launch.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.rdzv_endpoint}",
+            f"--rdzv-id={job_id}",
+        ]
+    return [*cmd, "-m", "tasks.pretrain_worker", "--spec", str(spec_path)]
+
+
+def _launch_torchrun(spec: TrainSpec, launch: Launch) -> PretrainOutcome:
+    out_dir = Path(spec.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result_path = out_dir / RESULT_FILE
+    result_path.unlink(missing_ok=True)  # never report a previous run's result
+    spec_path = out_dir / f"spec-{spec.run_id}.json"
+    spec_path.write_text(spec.to_json())
+    job_id = hashlib.sha256(spec.out_dir.encode()).hexdigest()[:12]
+    cmd = torchrun_command(spec_path, launch, job_id)
+    log.info("starting %s", " ".join(cmd))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_process(launch)))}
+    proc = subprocess.run(cmd, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"torchrun exited with status {proc.returncode}; its processes' errors are above. The run resumes from "
+            f"{out_dir / 'last.pt'} when started again with the same processes"
+        )
+    if not result_path.exists():  # another node held global rank 0 and its file is not shared with this one
+        raise FileNotFoundError(
+            f"the job finished but {result_path} is missing: global rank 0 ran on another node; put the warehouse "
+            "on storage every node shares"
+        )
+    return _read_result(result_path)
+
+
+def _threads_per_process(launch: Launch) -> int:
+    return max(1, (os.cpu_count() or 1) // launch.nproc_per_node)
