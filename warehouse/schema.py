@@ -245,6 +245,11 @@ TABLES: dict[str, Table] = {
             ("final_loss", "DOUBLE"),
             ("code_version", "VARCHAR"),
             ("created_at", "TIMESTAMP"),
+            # Issue 13 (lineage, warehouse/lineage.py): main or cooldown; the checkpoint this one continued
+            # from (NULL: trained from scratch); every snapshot it has trained on, oldest first.
+            ("phase", "VARCHAR"),
+            ("parent_checkpoint_id", "VARCHAR"),
+            ("snapshots_seen", "VARCHAR[]"),
         ),
         _t(
             "evaluations",
