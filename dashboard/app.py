@@ -36,6 +36,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from pydantic import BaseModel, Field
 
 from dashboard import class_review, images
+from warehouse import ratings
 from warehouse import review_queries as rq
 from warehouse.manifest import Manifest
 
@@ -133,9 +134,9 @@ class RatingIn(BaseModel):
     """Body of PUT /api/volumes/{id}/rating."""
 
     rating: Literal["pass", "fail", "review"]
-    tags: list[str] = Field(default_factory=list, max_length=len(rq.ARTIFACT_TAGS))
-    note: str | None = Field(default=None, max_length=rq.MAX_NOTE)
-    rater: str | None = Field(default=None, max_length=rq.MAX_RATER)
+    tags: list[str] = Field(default_factory=list, max_length=len(ratings.ARTIFACT_TAGS))
+    note: str | None = Field(default=None, max_length=ratings.MAX_NOTE)
+    rater: str | None = Field(default=None, max_length=ratings.MAX_RATER)
 
 
 def _clean(value: Any) -> Any:
@@ -398,16 +399,16 @@ def create_app(
 
     @app.get("/api/ratings.json")
     def ratings_json() -> Response:
-        body = json.dumps(_clean(rq.export_ratings(manifest)), indent=1)
+        body = json.dumps(_clean(ratings.export_ratings(manifest)), indent=1)
         return Response(body, media_type="application/json", headers=_attachment("ratings.json"))
 
     @app.get("/api/ratings.csv")
     def ratings_csv() -> Response:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(rq.EXPORT_COLUMNS)
-        for r in _clean(rq.export_ratings(manifest)):
-            w.writerow([_csv_cell(r.get(c)) for c in rq.EXPORT_COLUMNS])
+        w.writerow(ratings.EXPORT_COLUMNS)
+        for r in _clean(ratings.export_ratings(manifest)):
+            w.writerow([_csv_cell(r.get(c)) for c in ratings.EXPORT_COLUMNS])
         return Response(buf.getvalue(), media_type="text/csv; charset=utf-8", headers=_attachment("ratings.csv"))
 
     app.include_router(class_review.router(manifest, root, default_rater, _clean))

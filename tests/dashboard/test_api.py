@@ -16,6 +16,7 @@ from PIL import Image
 from dashboard import images
 from dashboard.app import create_app
 from tests.dashboard.conftest import OUTLIER, PASSING, PHI_SENTINEL, VOLUMES
+from warehouse import ratings
 from warehouse import review_queries as rq
 from warehouse.manifest import Manifest, now
 from warehouse.queries import sharded_passing_volumes, volumes_to_shard
@@ -193,7 +194,7 @@ def test_ratings_export_csv_and_json(client: TestClient):
     c = client.get("/api/ratings.csv")
     assert c.headers["content-type"].startswith("text/csv")
     parsed = list(csv.DictReader(io.StringIO(c.text)))
-    assert list(parsed[0]) == list(rq.EXPORT_COLUMNS)
+    assert list(parsed[0]) == list(ratings.EXPORT_COLUMNS)
     assert parsed[0]["note"] == "'=1+1"  # spreadsheet formula neutralised
     assert parsed[1]["note"] == "fine, really" and parsed[1]["rater"] == "tester"
 
@@ -203,7 +204,7 @@ def test_invalid_ratings_are_refused_with_reasons(client: TestClient):
     assert client.put(url, json={"rating": "maybe"}).status_code == 422
     bad_tag = client.put(url, json={"rating": "fail", "tags": ["ghosts"]})
     assert bad_tag.status_code == 422 and "ghosts" in bad_tag.text
-    assert client.put(url, json={"rating": "fail", "note": "x" * (rq.MAX_NOTE + 1)}).status_code == 422
+    assert client.put(url, json={"rating": "fail", "note": "x" * (ratings.MAX_NOTE + 1)}).status_code == 422
     assert client.put(url, json={"rating": "fail", "rater": "<script>"}).status_code == 422
     assert client.put("/api/volumes/vol-unknown/rating", json={"rating": "fail"}).status_code == 404
     assert Manifest(client.app.state.warehouse).count("ratings") == 0
@@ -230,7 +231,7 @@ def test_facets_list_filter_values(client: TestClient):
     assert [x["value"] for x in f["label"]] == ["FLAIR", "T1w"]
     assert {x["value"]: x["n"] for x in f["scanner"]} == {"Ingenia": 3, "Prisma": 6}
     assert (f["date_min"], f["date_max"]) == ("2023-03-01", "2024-02-01")
-    assert f["default_rater"] == "tester" and f["tags"] == list(rq.ARTIFACT_TAGS)
+    assert f["default_rater"] == "tester" and f["tags"] == list(ratings.ARTIFACT_TAGS)
 
 
 def test_page_and_assets_are_local_with_a_strict_csp(client: TestClient):
@@ -313,7 +314,7 @@ def test_manifest_locked_by_another_process_answers_503(client: TestClient, ware
 def test_changes_by_other_processes_show_after_max_age(warehouse: Path):
     client = TestClient(create_app(warehouse, max_age_s=60.0), base_url="http://127.0.0.1")
     assert ids(client.get("/api/queue", params={"rated": "true"})) == []
-    rq.upsert_rating(Manifest(warehouse), PASSING.volume_id, "fail", "other-process")  # not through the app
+    ratings.upsert_rating(Manifest(warehouse), PASSING.volume_id, "fail", "other-process")  # not through the app
     assert ids(client.get("/api/queue", params={"rated": "true"})) == []  # within max_age: cached
     client.app.state.index.max_age_s = 0.0
     assert ids(client.get("/api/queue", params={"rated": "true"})) == [PASSING.volume_id]

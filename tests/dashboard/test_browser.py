@@ -206,6 +206,7 @@ def test_queue_and_metric_columns_fit(page, warehouse: Path, width: int):
         [json.dumps(LONG_METRICS), OUTLIER.volume_id],
     )
     page.set_viewport_size({"width": width, "height": 900})
+    time.sleep(0.6)  # past ReviewIndex.max_age_s (0.5 s), so the reload sees the new metrics
     page.reload()
     page.wait_for_selector(f'#queue tbody tr[data-id="{OUTLIER.volume_id}"].selected')
     page.wait_for_function(f"() => document.querySelectorAll('#metrics tbody tr').length === {5 + len(LONG_METRICS)}")
