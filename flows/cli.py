@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "bench_corpus",
     "status",
+    "failures",
     "export_bids",
     "classify",
     "receive",

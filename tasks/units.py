@@ -6,8 +6,10 @@ Policy:
   Idempotency comes from the manifest instead (see tasks.record / tasks.shards).
 - Retries only where I/O can flake (reading the source share, writing shards); deterministic
   failures are recorded on the series by the step functions and never retried.
-- Heavy steps carry tags (`ants`, `skullstrip`, `torch`) so a Prefect server can cap them with
-  global concurrency limits (`prefect concurrency-limit create ants 2`).
+- Heavy steps outside Dask carry tags (`torch`) so a Prefect server can cap them with global
+  concurrency limits (`prefect concurrency-limit create torch 1`).
+- A series' preprocessing chain is one task (`series_task`), so a Dask worker never holds a task
+  that waits on another's result (see tasks.series_unit).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from imaging.deid import Pseudonymizer
 from imaging.dicom import ScanResult, scan_source
 from tasks import evaluate as evaluate_mod
 from tasks import labels as labels_mod
-from tasks import preprocess, record, report, shards, train
+from tasks import preprocess, record, report, series_unit, shards, train
 from tasks.context import WarehouseContext, open_warehouse
 
 _COMMON = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -62,29 +64,16 @@ def labels_task(ctx: WarehouseContext, csv_path: str) -> int:
     return labels_mod.import_labels(ctx, Path(csv_path), p)
 
 
-@task(name="convert", task_run_name="convert-{item.series_key}", **_COMMON)
-def convert_task(ctx: WarehouseContext, item: record.WorkItem) -> preprocess.Converted | None:
-    return preprocess.convert_step(ctx, item)
-
-
-@task(name="register", tags=["ants"], **_COMMON)
-def register_task(ctx: WarehouseContext, conv: preprocess.Converted | None) -> preprocess.Registered | None:
-    return preprocess.register_step(ctx, conv)
-
-
-@task(name="skull-strip", tags=["skullstrip"], **_COMMON)
-def skullstrip_task(
+# No tags: a tagged task pays ~1 s of concurrency-slot handling; Dask workers already bound parallelism.
+@task(name="curate-series", task_run_name="curate-{item.label}-{item.series_key}", **_COMMON)
+def series_task(
     ctx: WarehouseContext,
-    reg: preprocess.Registered | None,
+    item: record.WorkItem,
     backend: str = "auto",
-    reference_mask: preprocess.Stripped | None = None,
-) -> preprocess.Stripped | None:
-    return preprocess.skullstrip_step(ctx, reg, backend, reference_mask)
-
-
-@task(name="qc", **_COMMON)
-def qc_task(ctx: WarehouseContext, stripped: preprocess.Stripped | None) -> preprocess.QCResult | None:
-    return preprocess.qc_step(ctx, stripped)
+    reference: preprocess.ReferenceMask | None = None,
+) -> series_unit.SeriesOutcome:
+    """The series' whole chain on one worker (tasks.series_unit); the flow records the outcome."""
+    return series_unit.process_series(ctx, item, backend, reference)
 
 
 @task(name="qc-group-outliers", **_COMMON)

@@ -1,16 +1,20 @@
-"""`mrifoundry curate`: one DICOM export through ingest → QC → shards → snapshot."""
+"""`mrifoundry curate`: one DICOM export through ingest → QC → shards → snapshot, on Dask."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from flows.commands.common import print_json
 
+EXIT_BUSY = 3
+"""Exit code of `curate --no-wait` when another curation holds the warehouse."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c = subparsers.add_parser(
-        "curate", help="ingest a DICOM folder: classify, convert, register, skull-strip, QC, shard"
+        "curate", help="ingest a DICOM folder: classify, convert, register, skull-strip, QC, shard (on Dask)"
     )
     c.add_argument("source", type=Path, help="folder with the DICOM export (any layout, .dcm or .dcm.gz)")
     c.add_argument("--warehouse", type=Path, required=True, help="warehouse directory (created if missing)")
@@ -21,6 +25,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         choices=("auto", "deepbet", "synthstrip-docker"),
         help="skull-strip backend (auto: synthstrip-docker when a Docker engine answers, else deepbet)",
     )
+    c.add_argument(
+        "--dask-address",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="run the per-series work on an existing Dask cluster (`dask scheduler` + `dask worker`; the "
+        "source and warehouse must be on a filesystem every worker mounts at the same path). Default: a "
+        "local cluster with one worker per core (or MRIFOUNDRY_DASK_ADDRESS)",
+    )
+    c.add_argument("--workers", type=int, default=None, help="workers of the local cluster (default: one per core)")
+    c.add_argument(
+        "--no-wait",
+        action="store_true",
+        help=f"if another curate is writing to this warehouse, exit with code {EXIT_BUSY} instead of waiting",
+    )
     c.set_defaults(handler=run)
     return c
 
@@ -28,13 +46,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if not args.source.is_dir():
         raise FileNotFoundError(f"source {args.source} is not a directory; point it at a DICOM export folder")
-    from flows.curate import curate_flow
+    if args.dask_address and args.workers is not None:
+        raise ValueError("--workers sizes the local cluster; with --dask-address start `dask worker`s instead")
+    from flows.curate import curate_flow, dask_runner
+    from tasks.writer_lock import WarehouseBusyError
 
-    result = curate_flow(
-        str(args.source),
-        str(args.warehouse),
-        skullstrip=args.skullstrip,
-        labels_csv=str(args.labels) if args.labels else None,
-    )
+    flow = curate_flow.with_options(task_runner=dask_runner(args.dask_address, args.workers))
+    try:
+        result = flow(
+            str(args.source),
+            str(args.warehouse),
+            skullstrip=args.skullstrip,
+            labels_csv=str(args.labels) if args.labels else None,
+            wait_for_lock=not args.no_wait,
+        )
+    except WarehouseBusyError as err:
+        print(f"mrifoundry curate: {err}", file=sys.stderr)
+        return EXIT_BUSY
     print_json(result)
     return 0
