@@ -315,6 +315,11 @@ def create_app(
     def home() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
+    @app.get("/volume/{volume_id}")
+    def volume_link(volume_id: str) -> RedirectResponse:
+        """A shareable path per volume; the page itself routes on #/volume/<id>."""
+        return RedirectResponse(f"/#/volume/{_check_volume_id(volume_id)}", status_code=303)
+
     @app.get("/static/{name}")
     def static(name: str) -> FileResponse:
         if name not in STATIC_FILES:

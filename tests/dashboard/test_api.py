@@ -329,3 +329,9 @@ def test_unreadable_nifti_is_a_404_with_the_reason(client: TestClient, warehouse
     (warehouse / rel).write_bytes(b"\x1f\x8b\x08\x00truncated")
     r = client.get(f"/api/volumes/{PASSING.volume_id}/image/native.png")
     assert r.status_code == 404 and "could not be read" in r.json()["detail"]
+
+
+def test_a_volume_path_redirects_to_its_page(client: TestClient):
+    r = client.get(f"/volume/{PASSING.volume_id}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/#/volume/{PASSING.volume_id}"
+    assert client.get("/volume/bad id!", follow_redirects=False).status_code == 422
