@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from tasks import units
+from tasks.artifacts import pretrain_markdown
 from tasks.lifecycle import run_lifecycle
-from tasks.summary import markdown_table
 from tasks.train import Launch
 
 
@@ -38,18 +37,19 @@ def pretrain_flow(
     """Pretrain on a snapshot; resumes a killed run and does not repeat a finished one.
 
     `phase="cooldown"` with `init_from` (a main-phase checkpoint path or id) runs only the cooldown;
-    `cooldown_steps` > 0 runs it right after the main phase. Every run starts from scratch on its
-    snapshot (`from_scratch=False`, continuing from an older snapshot's checkpoint, is refused).
+    `cooldown_steps` > 0 runs it right after the main phase. `from_scratch=False` (what the triggered
+    retrain of `mrifoundry serve` passes) continues the main phase from the warehouse's latest
+    main-phase checkpoint of `preset`; None or True trains anew. The flow ends by announcing the
+    checkpoint (`mrifoundry.pretrain.completed` of this warehouse, which triggers its evaluation).
     """
-    if from_scratch is False:
-        raise ValueError("from_scratch=False (continue from an older snapshot's checkpoint) is not implemented")
     log = get_run_logger()
     launch = Launch(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
     params = {"preset": preset, "snapshot_id": snapshot_id, "steps": steps, "epochs": epochs, "phase": phase}
-    params |= {"world_size": launch.world_size, "cooldown_steps": cooldown_steps}
+    params |= {"world_size": launch.world_size, "cooldown_steps": cooldown_steps, "from_scratch": from_scratch}
     ctx = units.open_warehouse_task(warehouse, run_id)
     with run_lifecycle(ctx.manifest, ctx.run_id, "pretrain", params) as run:
         job = {"launch": launch, "num_workers": num_workers}
+        job = {**job, "from_scratch": from_scratch is not False}
         out = units.pretrain_task(
             ctx, preset, snapshot_id, steps, epochs=epochs, phase=phase, init_from=init_from, **job
         )
@@ -76,6 +76,6 @@ def pretrain_flow(
         out.first_loss,
         out.final_loss,
     )
-    brief = {k: v for k, v in summary.items() if k != "losses"}
-    create_markdown_artifact(markdown=markdown_table(brief), key="pretrain-summary")
+    units.publish_summary_task(ctx, "pretrain-summary", pretrain_markdown(summary))
+    units.announce_checkpoint_task(ctx, out.checkpoint_id, out.snapshot_id, out.preset)
     return summary

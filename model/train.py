@@ -95,6 +95,7 @@ def train(
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    init_from: Path | None = None,
 ) -> TrainResult:
     """Main phase: pretrain a JEPA on `dataset` until `train_cfg.steps`, resuming from `out_dir/last.pt`.
 
@@ -112,12 +113,16 @@ def train(
         resume: continue from out_dir/last.pt when it exists; False starts over and overwrites it.
         log: called once per step on rank 0 with a flat dict of floats (step, lr, loss, grad_norm, ...).
         progress: show a tqdm progress bar (rank 0).
+        init_from: warm start (retraining on a new snapshot): begin from this main-phase checkpoint's
+            model, EMA target, routing biases and AdamW moments, at step 0, so the lr warms up afresh.
+            Ignored when out_dir/last.pt exists and `resume` (that run is continued instead).
 
     Returns:
         TrainResult with the full loss history of the phase since step 0.
     """
     phase = _Phase(MAIN, train_cfg.steps, train_cfg.seed, train_cfg.lr_at, _FREE_IN_MAIN)
-    return _run(phase, model_cfg, train_cfg, dataset, Path(out_dir), None, metadata, resume, log, progress)
+    init = None if init_from is None else Path(init_from)
+    return _run(phase, model_cfg, train_cfg, dataset, Path(out_dir), init, metadata, resume, log, progress)
 
 
 def cooldown(
@@ -309,7 +314,8 @@ def _resume(
 
 
 def _start_from(path: Path, model: JEPA, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> dict:
-    """Begin a cooldown from a main-phase checkpoint: weights, EMA target, routing biases, AdamW moments."""
+    """Begin a cooldown or a warm-started main phase from a main-phase checkpoint: weights, EMA target,
+    routing biases, AdamW moments (not its step: the new phase counts, and schedules its lr, from 0)."""
     state = ckpt.load(path, "cpu")
     ckpt.check_cooldown_source(state, path, model_cfg)
     model.load_state_dict(state["model"])

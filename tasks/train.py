@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.context import WarehouseContext, code_version
+from warehouse.lineage import checkpoint_by_path, latest_main_checkpoint
 from warehouse.manifest import now
 from warehouse.queries import latest_snapshot
 from warehouse.shards import ShardReader
@@ -52,6 +53,10 @@ class PretrainOutcome:
     n_volumes: int
     phase: str = "main"
     world_size: int = 1
+    parent_checkpoint_id: str | None = None  # what it continued from (warm start, cooldown); None: scratch
+    snapshots_seen: tuple[str, ...] = ()  # every snapshot in its lineage, oldest first
+    minvio: float | None = None  # MoE load balance at the last step: lowest MinVio over layers
+    maxvio: float | None = None  # ... and highest MaxVio
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,11 @@ class TrainSpec:
     phase: str = "main"
     steps: int | None = None  # overrides the phase's steps (main: steps, cooldown: cooldown_steps)
     epochs: float | None = None  # or: passes over the snapshot, rounded up to whole global batches
-    init_from: str | None = None  # cooldown: the main-phase checkpoint it starts from
+    init_from: str | None = None  # the main-phase checkpoint a cooldown or a warm-started main phase starts from
     batch_size: int | None = None
     num_workers: int | None = None
+    parent_checkpoint_id: str | None = None
+    snapshots_seen: list[str] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -139,6 +146,7 @@ def pretrain(
     init_from: str | Path | None = None,
     launch: Launch | None = None,
     num_workers: int | None = None,
+    from_scratch: bool = True,
 ) -> PretrainOutcome:
     """Pretrain (or cool down) on a snapshot; resumes a killed run and does not repeat a finished one.
 
@@ -152,6 +160,9 @@ def pretrain(
         init_from: the main-phase checkpoint a cooldown starts from (a path, or a checkpoint id).
         launch: processes and machines; default one process, here.
         num_workers: DataLoader workers per process (default: the preset's).
+        from_scratch: False continues the main phase from the warehouse's latest main-phase checkpoint
+            of `preset` (warm start: model, EMA, routing biases, AdamW moments, a fresh lr warmup, in a
+            directory of its own); True, or no such checkpoint, starts anew.
     """
     from model.presets import get_preset
 
@@ -173,8 +184,17 @@ def pretrain(
             raise ValueError("--phase cooldown needs --from CHECKPOINT (a main-phase last.pt or a checkpoint id)")
         init = str(_checkpoint_path(ctx, init_from))
         out_dir = out_dir.with_name(f"{out_dir.name}-cooldown-{hashlib.sha256(init.encode()).hexdigest()[:8]}")
+        inside = Path(init).is_relative_to(ctx.root.resolve())  # a file elsewhere has no row, no lineage
+        parent = checkpoint_by_path(ctx.manifest, ctx.rel(Path(init))) if inside else None
     elif init_from is not None:
         raise ValueError("--from is only for --phase cooldown")
+    else:
+        parent = None if from_scratch else latest_main_checkpoint(ctx.manifest, preset)
+        if parent is not None:
+            init = str(ctx.abs(parent["path"]).resolve())
+            out_dir = out_dir.with_name(f"{out_dir.name}-from-{parent['checkpoint_id'].removeprefix('ckpt-')[:8]}")
+            log.info("warm start from %s (snapshot %s)", parent["checkpoint_id"], parent["snapshot_id"])
+    seen = list((parent or {}).get("snapshots_seen") or ([parent["snapshot_id"]] if parent else []))
     spec = TrainSpec(
         warehouse=str(ctx.root),
         run_id=ctx.run_id,
@@ -186,6 +206,8 @@ def pretrain(
         epochs=epochs,
         init_from=init,
         num_workers=num_workers,
+        parent_checkpoint_id=(parent or {}).get("checkpoint_id"),
+        snapshots_seen=seen + ([snap] if snap not in seen else []),
     )
     log.info("pretraining %s (%s) on snapshot %s with %d process(es)", preset, phase, snap, launch.world_size)
     if launch.world_size == 1:
@@ -224,15 +246,21 @@ def run_training(ctx: WarehouseContext, spec: TrainSpec) -> PretrainOutcome:
         "run_id": spec.run_id,
     }
     out_dir = Path(spec.out_dir)
+    metadata |= {"parent_checkpoint_id": spec.parent_checkpoint_id, "snapshots_seen": spec.snapshots_seen}
+    last: dict = {}  # the last step's record (MinVio/MaxVio for the summary)
     common = {"metadata": metadata, "resume": True, "progress": world.is_main and sys.stderr.isatty()}
+    common["log"] = last.update
     if spec.phase == "main":
-        result = train(model_cfg, train_cfg, dataset, out_dir, **common)
+        init = None if spec.init_from is None else Path(spec.init_from)
+        result = train(model_cfg, train_cfg, dataset, out_dir, init_from=init, **common)
     else:
         result = cooldown(model_cfg, train_cfg, dataset, out_dir, init_from=Path(spec.init_from or ""), **common)
     losses = tuple(float(x) for x in result.losses)
     key = f"{spec.preset}:{spec.snapshot_id}:{result.steps}"
     if spec.phase == "cooldown":
         key = f"{key}:cooldown:{spec.init_from}"
+    elif spec.parent_checkpoint_id is not None:  # a warm start is another model than the scratch run
+        key = f"{key}:from:{spec.parent_checkpoint_id}"
     outcome = PretrainOutcome(
         checkpoint_id="ckpt-" + hashlib.sha256(key.encode()).hexdigest()[:16],
         checkpoint_path=Path(result.checkpoint_path),
@@ -247,6 +275,10 @@ def run_training(ctx: WarehouseContext, spec: TrainSpec) -> PretrainOutcome:
         n_volumes=len(dataset),
         phase=spec.phase,
         world_size=world.world_size,
+        parent_checkpoint_id=spec.parent_checkpoint_id,
+        snapshots_seen=tuple(spec.snapshots_seen or [spec.snapshot_id]),
+        minvio=last.get("minvio"),
+        maxvio=last.get("maxvio"),
     )
     if world.is_main:
         _record_checkpoint(ctx, outcome)
@@ -269,6 +301,9 @@ def _record_checkpoint(ctx: WarehouseContext, out: PretrainOutcome) -> None:
                 "final_loss": float(out.final_loss),
                 "code_version": code_version(),
                 "created_at": now(),
+                "phase": out.phase,
+                "parent_checkpoint_id": out.parent_checkpoint_id,
+                "snapshots_seen": list(out.snapshots_seen),
             }
         ],
     )
@@ -285,6 +320,7 @@ def _read_result(path: Path) -> PretrainOutcome:
     data = json.loads(path.read_text())
     data["checkpoint_path"] = Path(data["checkpoint_path"])
     data["losses"] = tuple(data["losses"])
+    data["snapshots_seen"] = tuple(data.get("snapshots_seen") or ())
     return PretrainOutcome(**data)
 
 

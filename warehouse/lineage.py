@@ -30,6 +30,12 @@ def checkpoint_row(m: Manifest, checkpoint_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def checkpoint_by_path(m: Manifest, rel_path: str) -> dict[str, Any] | None:
+    """The checkpoint row whose file is `rel_path` (warehouse-relative), newest first if several."""
+    rows = m.query("SELECT * FROM checkpoints WHERE path = ? ORDER BY created_at DESC LIMIT 1", [rel_path])
+    return rows[0] if rows else None
+
+
 def lineage(m: Manifest, checkpoint_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The checkpoint, its parent, its parent's parent... (newest first; at most `limit`, and a
     cycle, which a hand-edited manifest could hold, stops the walk)."""

@@ -85,7 +85,7 @@ def plan_from_args(args: argparse.Namespace, warehouse_id: str):
         "steps": args.steps,
         "epochs": args.epochs,
         "cooldown_steps": args.cooldown_steps,
-        "from_scratch": True if args.from_scratch else None,
+        "from_scratch": bool(args.from_scratch),  # default: continue from the latest checkpoint
     }
     return ServePlan(
         source=str(args.source),
