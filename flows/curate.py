@@ -19,15 +19,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect_dask import DaskTaskRunner
 
 from tasks import units
+from tasks.artifacts import curation_markdown
 from tasks.lifecycle import run_lifecycle
 from tasks.progress import CurationProgress
 from tasks.record import WorkItem
 from tasks.series_unit import SeriesOutcome, record_outcome, reference_masks
-from tasks.summary import curation_summary, markdown_table
+from tasks.summary import curation_summary
 from tasks.worker_threads import host_cores
 from tasks.writer_lock import writer_lock
 
@@ -216,7 +217,5 @@ def curate_flow(
         summary = curation_summary(ctx, scan_files=scan.n_files, plan=plan, build=build)
         summary["preprocessing"] = throughput
         run.summary = summary
-        create_markdown_artifact(
-            markdown=markdown_table(summary), key="curation-summary", description="curation run summary"
-        )
+        units.publish_summary_task(ctx, "curation-summary", curation_markdown(summary, flagged))
     return summary

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.context import WarehouseContext, code_version
-from warehouse.lineage import checkpoint_by_path, latest_main_checkpoint
+from warehouse.lineage import checkpoint_by_path, checkpoint_row, latest_main_checkpoint
 from warehouse.manifest import now
 from warehouse.queries import latest_snapshot
 from warehouse.shards import ShardReader
@@ -329,9 +329,9 @@ def _checkpoint_path(ctx: WarehouseContext, ref: str | Path) -> Path:
     path = Path(ref)
     if path.is_file():
         return path.resolve()
-    rows = ctx.manifest.query("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [str(ref)])
-    if rows:
-        return ctx.abs(rows[0]["path"]).resolve()
+    row = checkpoint_row(ctx.manifest, str(ref))
+    if row is not None:
+        return ctx.abs(row["path"]).resolve()
     raise FileNotFoundError(
         f"--from {ref}: neither a checkpoint file nor a checkpoint id of {ctx.root}; `mrifoundry status` shows "
         "the latest checkpoint"
