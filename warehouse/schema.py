@@ -27,6 +27,8 @@ class Table:
 
     def ddl(self) -> str:
         cols = ",\n  ".join(f"{name} {typ}" for name, typ in self.columns)
+        if not self.primary_key:  # append-only tables written set-based (an index would dominate bulk inserts)
+            return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols}\n)"
         pk = ", ".join(self.primary_key)
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols},\n  PRIMARY KEY ({pk})\n)"
 
@@ -207,13 +209,16 @@ TABLES: dict[str, Table] = {
             ("snapshot_id", "VARCHAR"),
             ("n_volumes", "INTEGER"),
             ("created_at", "TIMESTAMP"),
+            ("seq", "BIGINT"),  # commit order; membership spans refer to it (warehouse/snapshots.py)
         ),
         _t(
-            "snapshot_volumes",
-            ("snapshot_id", "volume_id"),
-            "Members of each snapshot.",
-            ("snapshot_id", "VARCHAR"),
+            "snapshot_spans",
+            (),  # unique on (volume_id, first_seq) by construction; no index: 1.5 M-row commits stay seconds
+            "Snapshot membership stored once per unbroken run of snapshots (last_seq NULL: still in the newest); "
+            "the view snapshot_volumes(snapshot_id, volume_id) lists the members of each snapshot.",
             ("volume_id", "VARCHAR"),
+            ("first_seq", "BIGINT"),
+            ("last_seq", "BIGINT"),
         ),
         _t(
             "runs",
