@@ -11,9 +11,11 @@ How (and why) it works:
        mask .889 vs .936), so it is only the fallback when no brain is found (``brain_localiser`` then
        records ``"none"``). The full deepbet model as localiser gains nothing (.943/.937/.938 vs
        .943/.936/.939 for T1w/T2w/FLAIR) at several times the cost.
-    2. **Cheap bias correction at 2 mm.** N4 with an 8 mm fitting grid and few iterations (≈0.5-1 s
-       against 16 s with ANTs' defaults); the smooth field is also brought to the model grid and divided
-       out of the output.
+    2. **One bias field at 2 mm, shared with QC.** N4 with an 8 mm fitting grid inside the head mask, with
+       the settings QC needs to *measure* the field (``imaging.qc.native.fit_bias_field``; ≈1-2 s against
+       16 s with ANTs' defaults). It corrects the registration input, is brought to the model grid and
+       divided out of the output, and is written beside it (``n4_field.nii.gz`` + ``n4_head.nii.gz``) so
+       that QC reads it instead of fitting a second one.
     3. **Mutual information at 2 mm** (ANTs Mattes MI) against the template of the volume's own contrast
        (``templates.contrast_template``), so T1w, T2w and FLAIR all work. The pyramid keeps ANTs'
        physical 6/4/2 mm levels (see ``AFF_SHRINK_FACTORS``).
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
+from imaging.qc.native import BIAS_FIELD_NAME, BIAS_HEAD_NAME, fit_bias_field
 from imaging.templates import (
     CONTRASTS,
     MODEL_GRID_SHAPE,
@@ -66,10 +69,6 @@ REGISTRATION_SPACING_MM = 2.0
 SIMILARITY_FWHM_MM = 6.0
 """Gaussian FWHM applied to image and template before the similarity correlation (see module doc)."""
 
-N4_CONVERGENCE = {"iters": [25, 25, 15], "tol": 1e-6}
-"""N4 at 2 mm with shrink 4 (8 mm fitting grid) and few iterations: ≈0.5 s, versus 16 s for ANTs' defaults
-at shrink 2. The field is smooth, so the coarse fit loses little; it corrects the registration input and
-the output (docs/architecture.md, "Preprocessing recipe": Neuro-JEPA registers after N4)."""
 
 LOCALISERS: tuple[str, ...] = ("deepbet-coarse", "deepbet", "none")
 """Ways to find the brain before registering (``register_to_mni(localiser=...)``)."""
@@ -113,6 +112,8 @@ class RegistrationResult:
         registered_path: the N4-corrected image on the model grid (float32, 96×108×96, RAS), in the
             native intensity units (the bias field is normalised to mean 1 over the head).
         fov_path: uint8 mask on the model grid, 1 where the native field of view reaches.
+        bias_field_path: the N4 field on the native image's 2 mm grid (``imaging.qc.native``), "" when N4
+            was off or failed; QC reads it from the same folder.
         transform_paths: ANTs forward transform file(s), native → MNI, usable with
             ``ants.apply_transforms(fixed=<MNI-space image>, moving=<native>, transformlist=...)``.
         similarity: Pearson r with the contrast's template at 6 mm FWHM, inside MNI brain mask ∩ FOV.
@@ -136,6 +137,7 @@ class RegistrationResult:
     transform: str = "AffineFast"
     brain_localiser: str = "deepbet-coarse"
     step_seconds: tuple[tuple[str, float], ...] = ()
+    bias_field_path: str = ""
 
 
 def _load_native(native: Path) -> nib.Nifti1Image:
@@ -166,15 +168,6 @@ def _to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
     converted = nib.Nifti1Image(data, img.affine)
     converted.header.set_xyzt_units("mm", "sec")  # else ANTs prints a units warning for every image
     return ants.from_nibabel_nifti(converted)
-
-
-def _head_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels brighter than 10 % of the robust maximum, holes filled: a cheap head/FOV-content mask."""
-    from scipy import ndimage
-
-    hi = float(np.percentile(data, 99.5))
-    mask = data > 0.1 * hi
-    return ndimage.binary_fill_holes(mask)
 
 
 def _masked_smooth(data: np.ndarray, weight: np.ndarray, sigma_vox: float) -> np.ndarray:
@@ -225,7 +218,8 @@ def register_to_mni(
             written under a temporary name and renamed, so a crash never leaves a half file.
         transform: ANTs transform type, one of ``TRANSFORMS``.
         contrast: selects the template (T1w: MNI152; T2w/FLAIR: synthesised from tissue maps).
-        n4: divide out an N4 bias field estimated at 2 mm (registration input and output).
+        n4: divide out an N4 bias field estimated at 2 mm (registration input and output) and write it
+            for QC; without it QC fits its own.
         localiser: how the brain is found before registering (see module doc): ``"deepbet-coarse"``
             (deepbet's 128³ box finder, ≈0.5 s), ``"deepbet"`` (the full model, several seconds, no better)
             or ``"none"`` (whole head with the template's brain mask as metric mask; worse on the T2w).
@@ -280,25 +274,23 @@ def register_to_mni(
     native_ants = _to_ants(img)
     fixed = _template_2mm(contrast)
     moving = ants.resample_image(native_ants, (REGISTRATION_SPACING_MM,) * 3, False, 0)
-    head_2mm = moving.new_image_like(_head_mask(moving.numpy()).astype(np.float32))
+    for stale in (BIAS_FIELD_NAME, BIAS_HEAD_NAME):  # a field from an earlier run must not reach QC
+        (out_dir / stale).unlink(missing_ok=True)
 
     lap("prepare")
 
-    # 2. N4 at 2 mm within the head.
+    # 2. N4 at 2 mm within the head, with QC's settings: the volume's one bias field (module doc).
     bias_2mm = None
+    bias_field_path = ""
     if n4:
-        try:
-            bias_2mm = ants.n4_bias_field_correction(
-                moving, mask=head_2mm, shrink_factor=4, convergence=N4_CONVERGENCE, return_bias_field=True
-            )
+        fitted = fit_bias_field(moving)
+        if fitted is not None:
             # N4's field is exp(B-spline): strictly positive, but its scale is arbitrary. Normalising it to
             # mean 1 over the head keeps the output in the scanner's units, so QC can compare the
             # registered brain's mean with the native background noise.
-            head_np = head_2mm.numpy() > 0
-            bias_2mm = bias_2mm / float(bias_2mm.numpy()[head_np].mean())
+            bias_2mm = fitted.field / float(fitted.field.numpy()[fitted.head].mean())
             moving = moving / bias_2mm
-        except Exception:  # N4 is an improvement, not a requirement
-            bias_2mm = None
+            bias_field_path = str(_write_bias(bias_2mm, fitted.head, out_dir))
 
     lap("n4")
 
@@ -348,8 +340,7 @@ def register_to_mni(
     src = ants.smooth_image(native_ants, tuple(float(s) for s in sigma), sigma_in_physical_coordinates=True)
     tl = [str(p) for p in transform_paths]
     warped = ants.apply_transforms(grid, src, tl, interpolator="linear").numpy()
-    ones = native_ants.new_image_like(np.ones(native_ants.shape, dtype=np.float32))
-    fov = ants.apply_transforms(grid, ones, tl, interpolator="linear").numpy() >= 0.5
+    fov = _field_of_view(grid, native_ants, transform_paths[0])
     if bias_2mm is not None:
         bias = ants.apply_transforms(grid, bias_2mm, tl, interpolator="linear", defaultvalue=1.0).numpy()
         warped = np.where(bias > 1e-3, warped / np.maximum(bias, 1e-3), warped)
@@ -377,7 +368,22 @@ def register_to_mni(
         transform=transform,
         brain_localiser=localiser if brain_img is not None else "none",
         step_seconds=tuple(steps.items()),
+        bias_field_path=bias_field_path,
     )
+
+
+def _write_bias(field: ants.ANTsImage, head: np.ndarray, out_dir: Path) -> Path:
+    """Write the field and its head mask for QC (atomic renames; the head mask last, as QC needs both)."""
+    import ants
+
+    field_img = ants.to_nibabel_nifti(field)
+    path = save_nifti_atomic(
+        nib.Nifti1Image(field_img.get_fdata(dtype=np.float32), field_img.affine), out_dir / BIAS_FIELD_NAME
+    )
+    head_img = nib.Nifti1Image(head.astype(np.uint8), field_img.affine)
+    head_img.header.set_data_dtype(np.uint8)
+    save_nifti_atomic(head_img, out_dir / BIAS_HEAD_NAME)
+    return path
 
 
 @lru_cache(maxsize=len(CONTRASTS))
@@ -398,6 +404,40 @@ def _template_mask_2mm() -> ants.ANTsImage:
     mask = mni_brain_mask()
     img = nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.float32), mask.affine)
     return ants.resample_image(_to_ants(img), (REGISTRATION_SPACING_MM,) * 3, False, 1)
+
+
+def _field_of_view(grid: ants.ANTsImage, native: ants.ANTsImage, transform: str) -> np.ndarray:
+    """Grid voxels whose mapped point falls inside the native image's voxel buffer (bool, grid shape).
+
+    The same voxels as resampling an image of ones with linear interpolation and keeping values ≥ 0.5
+    (ITK interpolates inside ``[-0.5, size - 0.5)`` of each index and returns 0 outside), computed from
+    the affine's 12 numbers instead of building and resampling a native-sized image of ones.
+    """
+    import ants
+
+    tx = ants.read_transform(str(transform))
+    params = np.asarray(tx.parameters, dtype=np.float64)
+    if params.size != 12:  # not a plain affine: resample ones as the definition says
+        ones = native.new_image_like(np.ones(native.shape, dtype=np.float32))
+        return ants.apply_transforms(grid, ones, [str(transform)], interpolator="linear").numpy() >= 0.5
+    matrix, translation = params[:9].reshape(3, 3), params[9:]
+    centre = np.asarray(tx.fixed_parameters, dtype=np.float64)
+    # grid index -> physical (LPS) -> transform -> native continuous index: one affine, index = A·i + b.
+    to_phys = np.asarray(grid.direction, dtype=np.float64) @ np.diag(grid.spacing)
+    native_to_phys = np.asarray(native.direction, dtype=np.float64) @ np.diag(native.spacing)
+    origin = np.asarray(grid.origin, dtype=np.float64)
+    a = np.linalg.solve(native_to_phys, matrix @ to_phys)
+    b = np.linalg.solve(
+        native_to_phys, matrix @ (origin - centre) + translation + centre - np.asarray(native.origin, dtype=np.float64)
+    )
+    axes = [np.arange(n, dtype=np.float64) for n in grid.shape]
+    inside = np.ones(grid.shape, dtype=bool)
+    for row in range(3):
+        cont = (
+            a[row, 0] * axes[0][:, None, None] + a[row, 1] * axes[1][None, :, None] + a[row, 2] * axes[2][None, None, :]
+        ) + b[row]
+        inside &= (cont >= -0.5) & (cont < native.shape[row] - 0.5)
+    return inside
 
 
 def _grid_img(data: np.ndarray, dtype: type) -> nib.Nifti1Image:

@@ -40,7 +40,7 @@ from imaging.qc.metrics import (
     tissue_values,
     wm2max,
 )
-from imaging.qc.native import native_tissue_metrics
+from imaging.qc.native import load_bias_field, native_tissue_metrics
 
 
 def compute_metrics(
@@ -56,7 +56,8 @@ def compute_metrics(
         native: the converted image before registration (noise is measured here).
         registered: the model-grid image from ``register_to_mni`` (signal is measured here). Its folder
             holds the registration's affine (``register.TRANSFORM_NAME``), used to find the brain and WM in
-            the native image (INU, tissue SNR).
+            the native image (INU, tissue SNR), and its N4 field (``native.BIAS_FIELD_NAME``), reused for
+            INU and tissue SNR instead of a second fit (one is fitted here only when it is missing).
         mask: the brain mask on the model grid (skull stripping).
         fov: the warped field of view on the model grid.
         similarity: from the registration result, passed through.
@@ -100,7 +101,8 @@ def compute_metrics(
     gm_mean = float(gm.mean()) if gm.size else float("nan")
     mask_grid = nib.Nifti1Image(brain.astype(np.uint8), mask_img.affine)
     transform = Path(registered).parent / TRANSFORM_NAME
-    native = native_tissue_metrics(nat_data, nat.affine, mask_grid, model_grid_wm(), transform)
+    bias = load_bias_field(Path(registered).parent)
+    native = native_tissue_metrics(nat_data, nat.affine, mask_grid, model_grid_wm(), transform, bias)
 
     return {
         "snr": snr(brain_mean, bg_std),

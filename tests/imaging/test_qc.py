@@ -431,3 +431,57 @@ def test_background_excludes_a_cavity_that_opens_into_the_image_border() -> None
     bg = background_mask(img, (2.0, 2.0, 2.0), margin_mm=4.0, head=head)
     assert not bg[cavity].any()  # ... but it is not air
     assert bg[55:, :5, :5].all() and bg[:, 50:, 50:].sum() > 1000  # the real air is kept
+
+
+# ------------------------------------------------------------- fast masks equal their scipy definitions
+
+
+def _reference_head_mask(data: np.ndarray) -> np.ndarray:
+    """head_mask as first written: scipy's closing, labelling and per-slice binary_fill_holes."""
+    from scipy import ndimage
+
+    finite = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    mask = finite > otsu_threshold(finite)
+    padded = np.pad(mask, 2, mode="edge")
+    padded = ndimage.binary_closing(padded, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
+    mask = padded[2:-2, 2:-2, 2:-2]
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = ndimage.binary_fill_holes(mask)
+    filled = mask.copy()
+    for axis in range(3):
+        for i in range(mask.shape[axis]):
+            index = [slice(None)] * 3
+            index[axis] = i
+            filled[tuple(index)] |= ndimage.binary_fill_holes(mask[tuple(index)])
+    return filled
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_head_mask_equals_the_scipy_definition(seed: int) -> None:
+    """Blobs with cavities, several components and open shells (smoothed noise thresholded by Otsu)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    data = ndimage.gaussian_filter(rng.normal(0.0, 1.0, (40, 52, 36)), 1.5 + seed).astype(np.float32)
+    data[rng.random(data.shape) < 0.002] = 5.0  # isolated bright specks: extra components
+    expected = _reference_head_mask(data)
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(head_mask(data), expected)
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 1.0, 1.0), (0.9, 1.1, 3.0)])
+def test_background_margin_equals_the_exact_distance_transform(zooms: tuple[float, float, float]) -> None:
+    from scipy import ndimage
+
+    from imaging.qc.masks import near_mask
+
+    rng = np.random.default_rng(7)
+    mask = ndimage.gaussian_filter(rng.normal(0.0, 1.0, (48, 40, 30)), 3.0) > 0.08
+    mask[:, :, :4] = False  # keep space around part of it, so the bounding-box crop matters
+    expected = ndimage.distance_transform_edt(~mask, sampling=zooms) <= 6.0
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(near_mask(mask, zooms, 6.0), expected)
+    assert not near_mask(np.zeros_like(mask), zooms, 6.0).any()

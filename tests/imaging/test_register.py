@@ -203,3 +203,66 @@ def test_template_on_grid_is_the_t1w_template_where_the_dashboard_draws_it() -> 
     reference = np.asarray(model_grid_template("T1w").dataobj)
     r = np.corrcoef(on_grid.ravel(), reference.ravel())[0, 1]
     assert r > 0.95
+
+
+# ------------------------------------------------------------------------- what registration hands QC
+
+
+def test_fov_from_the_affine_equals_resampling_ones(
+    t1_result: RegistrationResult, cropped_result: RegistrationResult
+) -> None:
+    """The analytic field of view keeps exactly the grid voxels that resampling an image of ones keeps."""
+    import ants
+
+    from imaging.register import _field_of_view, _load_native, _to_ants
+
+    grid = _to_ants(model_grid_reference())
+    cropped_native = Path(cropped_result.fov_path).parents[1] / "t1_cropped.nii.gz"  # see the fixture
+    for result, native_path in ((t1_result, T1), (cropped_result, cropped_native)):
+        native = _to_ants(_load_native(native_path))
+        ones = native.new_image_like(np.ones(native.shape, dtype=np.float32))
+        tl = list(result.transform_paths)
+        resampled = ants.apply_transforms(grid, ones, tl, interpolator="linear").numpy() >= 0.5
+        analytic = _field_of_view(grid, native, tl[0])
+        assert resampled.any() and not resampled.all()
+        assert (analytic == resampled).all()
+        np.testing.assert_array_equal(np.asarray(nib.load(result.fov_path).dataobj) > 0, analytic)
+
+
+def test_qc_reuses_the_registration_bias_field(t1_result: RegistrationResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One N4 fit per volume: QC reads registration's field and measures what a fit of its own would."""
+    from imaging.qc import compute_metrics, native
+    from imaging.qc.native import BIAS_FIELD_NAME, BIAS_HEAD_NAME, load_bias_field, native_tissue_metrics
+    from imaging.templates import model_grid_wm
+
+    folder = Path(t1_result.registered_path).parent
+    assert t1_result.bias_field_path == str(folder / BIAS_FIELD_NAME)
+    assert (folder / BIAS_HEAD_NAME).is_file()
+    img = nib.load(str(T1))
+    data = img.get_fdata(dtype=np.float32)
+    mask = model_grid_brain_mask()
+    transform = Path(t1_result.transform_paths[0])
+    reused = native_tissue_metrics(data, img.affine, mask, model_grid_wm(), transform, load_bias_field(folder))
+    fitted = native_tissue_metrics(data, img.affine, mask, model_grid_wm(), transform)
+    assert reused["inu"] == pytest.approx(fitted["inu"], rel=1e-4)
+    assert reused["snr_wm"] == pytest.approx(fitted["snr_wm"], rel=1e-4)
+
+    def no_second_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("QC fitted a second N4 field although registration wrote one")
+
+    monkeypatch.setattr(native, "fit_bias_field", no_second_fit)
+    mask_path = folder / "mni_mask.nii.gz"
+    nib.save(mask, str(mask_path))
+    m = compute_metrics(T1, Path(t1_result.registered_path), mask_path, Path(t1_result.fov_path), 0.8, 1.0)
+    assert m["inu"] == pytest.approx(reused["inu"], rel=1e-6)
+    assert m["snr_wm"] == pytest.approx(reused["snr_wm"], rel=1e-6)
+
+
+def test_a_rerun_without_n4_leaves_no_stale_field(tmp_path: Path) -> None:
+    from imaging.qc.native import BIAS_FIELD_NAME, BIAS_HEAD_NAME
+
+    (tmp_path / BIAS_FIELD_NAME).write_bytes(b"stale")
+    (tmp_path / BIAS_HEAD_NAME).write_bytes(b"stale")
+    result = register_to_mni(DATA / "flair_lesions.nii.gz", tmp_path, contrast="FLAIR", n4=False)
+    assert result.bias_field_path == ""
+    assert not (tmp_path / BIAS_FIELD_NAME).exists() and not (tmp_path / BIAS_HEAD_NAME).exists()
