@@ -25,6 +25,7 @@ The foreground map is taken after the flips but before the intensity augmentatio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -119,11 +120,12 @@ def augment_batch(
 def _augment_one(x: torch.Tensor, p: dict[str, torch.Tensor], degree: int) -> None:
     """One sample [C, X, Y, Z] in place (noise aside): flip, bias, gamma, shift."""
     dims = [1 + d for d, flip in enumerate(p["aug_flip"].tolist()) if flip]
-    if dims:
-        x.copy_(x.flip(dims))
     bias, gamma, _, shift = p["aug_on"].tolist()
     if bias:
-        x.mul_(bias_field(p["aug_bias"][None].to(x.device), x.shape[1:], degree).exp_())
+        field = bias_field(p["aug_bias"][None].to(x.device), x.shape[1:], degree).exp_()  # [1, X, Y, Z]
+        torch.mul(x.flip(dims) if dims else x, field, out=x)  # the flip's copy doubles as the product's input
+    elif dims:
+        x.copy_(x.flip(dims))
     if gamma:
         low, high = (float(v) for v in torch.aminmax(x))
         span = high - low
@@ -173,8 +175,12 @@ def _gamma_batched(images: torch.Tensor, params: dict[str, torch.Tensor]) -> Non
     torch.where(keep, curved, images, out=images)
 
 
+@functools.lru_cache(maxsize=32)
 def legendre_basis(n: int, degree: int, device: torch.device | None = None) -> torch.Tensor:
-    """P_0..P_degree on `n` evenly spaced points of [-1, 1]: [degree + 1, n] float32 (Bonnet's recursion)."""
+    """P_0..P_degree on `n` evenly spaced points of [-1, 1]: [degree + 1, n] float32 (Bonnet's recursion).
+
+    Cached: the grid never changes during a run, and rebuilding it cost more than the field itself.
+    """
     x = torch.linspace(-1.0, 1.0, n, dtype=torch.float64, device=device)
     basis = [torch.ones_like(x), x]
     for k in range(1, degree):
@@ -185,6 +191,11 @@ def legendre_basis(n: int, degree: int, device: torch.device | None = None) -> t
 def bias_terms(degree: int) -> list[tuple[int, int, int]]:
     """(i, j, k) of each coefficient, in MONAI's order: i outer, k inner, total degree <= `degree`."""
     return [(i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)]
+
+
+@functools.lru_cache(maxsize=8)
+def _terms_tensor(degree: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(bias_terms(degree), device=device)
 
 
 def bias_field(coeff: torch.Tensor, shape: Sequence[int], degree: int) -> torch.Tensor:
@@ -202,7 +213,7 @@ def bias_field(coeff: torch.Tensor, shape: Sequence[int], degree: int) -> torch.
         [S, X, Y, Z] float32 log-field (exponentiate to multiply).
     """
     d1 = degree + 1
-    terms = torch.tensor(bias_terms(degree), device=coeff.device)  # [T, 3]
+    terms = _terms_tensor(degree, coeff.device)  # [T, 3]
     if coeff.shape[1] != len(terms):
         raise ValueError(f"got {coeff.shape[1]} bias coefficients per sample, degree {degree} has {len(terms)}")
     mat = torch.zeros(coeff.shape[0], d1, d1, d1, dtype=torch.float32, device=coeff.device)  # [S, i, j, k]
