@@ -148,6 +148,14 @@ def announce_checkpoint_task(ctx: WarehouseContext, checkpoint_id: str, snapshot
     _emit(ctx, PRETRAIN_EVENT, {"checkpoint_id": checkpoint_id, "snapshot_id": snapshot_id, "preset": preset})
 
 
+@task(name="compare-with-parent", tags=["torch"], **_COMMON)
+def compare_parent_task(ctx: WarehouseContext, checkpoint_id: str, preset: str = "tiny"):
+    """The new checkpoint beside the one it continued from, same cohort and splits (tasks.parent_compare)."""
+    from tasks.parent_compare import compare_with_parent
+
+    return compare_with_parent(ctx, checkpoint_id, preset)
+
+
 @task(name="publish-summary", **_COMMON)
 def publish_summary_task(ctx: WarehouseContext, kind: str, markdown: str, description: str = "") -> str:
     """A markdown artifact under `<kind>-<warehouse id>`: one stable key per warehouse and flow, so the

@@ -36,6 +36,16 @@ def checkpoint_by_path(m: Manifest, rel_path: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def latest_cooldown_of(m: Manifest, main_checkpoint_id: str) -> dict[str, Any] | None:
+    """The newest cooled-down checkpoint made from `main_checkpoint_id`, if any."""
+    rows = m.query(
+        "SELECT * FROM checkpoints WHERE parent_checkpoint_id = ? AND phase = 'cooldown' "
+        "ORDER BY created_at DESC, checkpoint_id LIMIT 1",
+        [main_checkpoint_id],
+    )
+    return rows[0] if rows else None
+
+
 def lineage(m: Manifest, checkpoint_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The checkpoint, its parent, its parent's parent... (newest first; at most `limit`, and a
     cycle, which a hand-edited manifest could hold, stops the walk)."""

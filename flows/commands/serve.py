@@ -51,12 +51,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=int,
         default=None,
         help="after each retrain, a linear lr cooldown of this many steps gives the checkpoint that is "
-        "evaluated (0: evaluate the main-phase checkpoint; default: the preset's policy)",
+        "evaluated; the next retrain still continues from the main-phase checkpoint (default 0: no cooldown, "
+        "the main-phase checkpoint is evaluated)",
     )
     t.add_argument(
         "--from-scratch",
         action="store_true",
         help="train every retrain anew instead of continuing from the warehouse's latest checkpoint of the preset",
+    )
+    v.add_argument(
+        "--eval-preset",
+        default=None,
+        help="evaluation preset of each triggered evaluation: tiny, cpu, small (default: the evaluate flow's)",
     )
     v.set_defaults(handler=run)
     return v
@@ -96,6 +102,7 @@ def plan_from_args(args: argparse.Namespace, warehouse_id: str):
         min_new_volumes=args.min_new_volumes,
         labels_csv=str(args.labels) if args.labels else None,
         pretrain=pretrain,
+        evaluate={"preset": args.eval_preset},
     )
 
 
