@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"source {args.source} is not a directory; point it at a DICOM export folder")
     if args.dask_address and args.workers is not None:
         raise ValueError("--workers sizes the local cluster; with --dask-address start `dask worker`s instead")
+    if args.dask_address and not _reachable_api(args.dask_address):
+        raise ValueError(
+            f"--dask-address {args.dask_address}: workers on other machines cannot reach this command's temporary "
+            "Prefect server; start `prefect server start --host 0.0.0.0` and set "
+            "PREFECT_API_URL=http://HOST:4200/api here and on every worker"
+        )
     from flows.curate import curate_flow, dask_runner
     from tasks.writer_lock import WarehouseBusyError
 
@@ -65,3 +71,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     print_json(result)
     return 0
+
+
+def _reachable_api(address: str) -> bool:
+    """True when the cluster's workers can report task runs: a Prefect server is configured, or the
+    scheduler is on this machine (the temporary server listens on 127.0.0.1 only)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():  # from the environment or the active Prefect profile
+        return True
+    host = urlparse(address if "://" in address else f"tcp://{address}").hostname or ""
+    return host in {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
