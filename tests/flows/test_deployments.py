@@ -93,6 +93,7 @@ def test_serve_help_lists_every_option():
         "--epochs",
         "--cooldown-steps",
         "--from-scratch",
+        "--eval-preset",
         "--labels",
         "--min-new-volumes",
         "--cron",
@@ -132,3 +133,25 @@ def test_prefect_cli_lists_served_deployments(live_server, tmp_path):  # noqa: F
     assert f"snapshot-of-{wid}" in autos.stdout and f"checkpoint-of-{wid}" in autos.stdout
     runs = live_server.cli("flow-run", "ls")
     assert runs.returncode == 0, runs.stdout + runs.stderr
+
+
+def test_serve_options_become_flow_parameters():
+    from flows.commands.serve import plan_from_args
+
+    argv = ["serve", "--source", "/drop", "--warehouse", "/wh", "--preset", "small", "--epochs", "3"]
+    args = build_parser().parse_args([*argv, "--cooldown-steps", "5", "--labels", "/reg.csv"])
+    curate, pretrain, evaluate = build_deployments(plan_from_args(args, "0123456789ab"))
+    assert pretrain.parameters == {
+        "warehouse": "/wh",
+        "preset": "small",
+        "epochs": 3.0,
+        "cooldown_steps": 5,
+        "from_scratch": False,  # a triggered retrain continues from the latest checkpoint by default
+    }
+    assert curate.parameters["labels_csv"] == "/reg.csv"
+    scratch = build_parser().parse_args([*argv, "--from-scratch"])
+    assert build_deployments(plan_from_args(scratch, "0123456789ab"))[1].parameters["from_scratch"] is True
+    with pytest.raises(SystemExit):  # --steps and --epochs exclude each other
+        build_parser().parse_args([*argv, "--steps", "4"])
+    with pytest.raises(ValueError, match="--min-new-volumes 0"):
+        plan_from_args(build_parser().parse_args([*argv, "--min-new-volumes", "0"]), "0123456789ab")
