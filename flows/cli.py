@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "pretrain",
     "evaluate",
     "bench_corpus",
+    "benchmark",
     "status",
     "failures",
     "export_bids",

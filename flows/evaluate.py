@@ -1,38 +1,60 @@
-"""Evaluation flow: frozen-encoder probes of the latest (or given) checkpoint vs a random encoder."""
+"""Evaluation flow: the checkpoint's encoder beside its baselines on fixed splits, one task run per protocol."""
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from tasks import units
+from tasks.evaluation import units as eval_units
+from tasks.evaluation.protocols import default_tasks
 from tasks.lifecycle import run_lifecycle
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 @flow(name="evaluate")
-def evaluate_flow(warehouse: str, checkpoint_id: str | None = None, run_id: str | None = None) -> dict:
+def evaluate_flow(
+    warehouse: str, checkpoint_id: str | None = None, run_id: str | None = None, preset: str = "tiny"
+) -> dict:
+    """Evaluate a checkpoint (default: the latest) with the evaluation preset `preset` (tiny, cpu, small)."""
+    from tasks.eval_report import verdict
+
     log = get_run_logger()
-    params = {"checkpoint_id": checkpoint_id}
+    params = {"checkpoint_id": checkpoint_id, "preset": preset}
     ctx = units.open_warehouse_task(warehouse, run_id)
     with run_lifecycle(ctx.manifest, ctx.run_id, "evaluate", params) as run:
-        out = units.evaluate_task(ctx, checkpoint_id)
-        rows = [asdict(s) for s in out.scores]
+        state = eval_units.prepare_task(ctx, checkpoint_id, preset)
+        results = [eval_units.protocol_task(state, spec) for spec in default_tasks(state.cohort, state.cfg)]
+        out = eval_units.finish_task(state, results)
+        page = eval_units.eval_report_task(ctx, out, state.checkpoint, preset)
+        rows = out.scores
         for r in rows:
+            ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if r["ci_low"] is not None else ""
             log.info(
-                "%s %-11s AUROC %.3f [%.3f, %.3f] (%d subjects, %d volumes)",
-                r["task"],
-                r["encoder"],
-                r["auroc"],
-                r["ci_low"],
-                r["ci_high"],
-                r["n_subjects"],
-                r["n_volumes"],
+                "%-22s %-30s %s %s %s", r["task"], r["encoder"], r["metric"], _fmt(r["value"]), ci or r["note"] or ""
             )
-        summary = {"checkpoint_id": out.checkpoint_id, "scores": rows}
-        run.summary = summary
-    create_table_artifact(table=rows, key="evaluation", description="probe AUROC, pretrained vs random init")
-    report = units.report_task(ctx)
-    summary["report"] = report
+        words = verdict(out)
+        for line in words:
+            log.info(line)
+        summary = {
+            "checkpoint_id": out.checkpoint_id,
+            "snapshot_id": out.snapshot_id,
+            "scores": rows,
+            "tasks": out.as_json()["tasks"],
+            "across_tasks": out.across_tasks(),
+            "verdict": words,
+            "notes": list(out.notes),
+            "evaluation_report": page,
+            "seconds": out.seconds,
+        }
+        run.summary = {k: v for k, v in summary.items() if k != "scores"}
+    create_table_artifact(
+        table=[{k: v for k, v in r.items() if k != "auroc"} for r in rows],
+        key="evaluation",
+        description="Per task and method: metric, 95% subject-bootstrap CI, paired differences; notes say why withheld",
+    )
+    summary["report"] = units.report_task(ctx)
     return summary

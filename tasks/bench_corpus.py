@@ -103,8 +103,6 @@ def write_bench_corpus(ctx: WarehouseContext, cfg: CohortConfig, workers: int | 
     # Labelled first, pool last: the pool becomes the latest snapshot, which pretraining picks.
     lab_snap = m.commit_snapshot(by_role["labelled"])[0] if by_role["labelled"] else None
     pool_snap = m.commit_snapshot(by_role["pool"])[0] if by_role["pool"] else None
-    if pool_snap is not None:  # make the pool the latest even when it already existed
-        m.upsert("snapshots", [{"snapshot_id": pool_snap, "n_volumes": len(by_role["pool"]), "created_at": now()}])
     cohort_id = f"cohort-{cfg.seed}-{cfg.n_subjects}"
     n_lab = sum(s.role == "labelled" for s in specs)
     m.upsert(

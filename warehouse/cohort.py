@@ -61,3 +61,17 @@ def volume_sites(m: Manifest, volume_ids: list[str]) -> dict[str, str]:
         [list(volume_ids)],
     )
     return {r["volume_id"]: r["manufacturer"] for r in rows}
+
+
+def checkpoint_by_id(m: Manifest, checkpoint_id: str) -> dict[str, Any] | None:
+    rows = m.query("SELECT * FROM checkpoints WHERE checkpoint_id = ?", [checkpoint_id])
+    return rows[0] if rows else None
+
+
+def evaluation_rows(m: Manifest, run_id: str) -> list[dict[str, Any]]:
+    """One evaluation run's rows (results and paired differences), in a stable order."""
+    return m.query(
+        "SELECT task, encoder, metric, value, ci_low, ci_high, n_subjects, n_volumes, note FROM evaluations "
+        "WHERE run_id = ? ORDER BY task, encoder",
+        [run_id],
+    )

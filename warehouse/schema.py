@@ -271,6 +271,7 @@ TABLES: dict[str, Table] = {
             ("n_subjects", "INTEGER"),
             ("n_volumes", "INTEGER"),
             ("created_at", "TIMESTAMP"),
+            ("note", "VARCHAR"),  # issue 10: why no value is shown (small n), in words
         ),
         _t(
             "class_reviews",

@@ -48,6 +48,8 @@ def print_demo_summary(result: dict[str, Any], seconds: float) -> None:
     print(f"  shards:     {wh / 'shards'} (snapshot {cur['snapshot_id']}, {cur['snapshot_volumes']} volumes)")
     print(f"  checkpoint: {pre['checkpoint_path']}")
     print(f"  report:     {ev['report']}")
+    if ev.get("evaluation_report"):
+        print(f"  evaluation: {ev['evaluation_report']}")
     print(f"Series found per class: {cur['series_by_class']}")
     print(f"Series rejected: {cur['rejections']}; skipped files: {cur['rejected_files']}")
     kept: dict[str, dict[str, int]] = {}
@@ -59,9 +61,25 @@ def print_demo_summary(result: dict[str, Any], seconds: float) -> None:
     print(
         f"Pretraining ({pre['preset']}): {pre['steps']} steps, loss {pre['first_loss']:.4f} -> {pre['final_loss']:.4f}"
     )
-    for s in ev["scores"]:
-        print(
-            f"Probe {s['task']:<20} {s['encoder']:<12} AUROC {s['auroc']:.3f} "
-            f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] ({s['n_subjects']} subjects)"
-        )
+    print_evaluation(ev)
     print("=" * 72)
+
+
+def print_evaluation(ev: dict[str, Any]) -> None:
+    """Evaluation in words: a number only where the test set supports an interval, else the reason."""
+    shown = [s for s in ev["scores"] if s["value"] is not None and not s["encoder"].startswith("pretrained_minus_")]
+    if not shown:
+        reasons = sorted({s["note"] for s in ev["scores"] if s.get("note")})
+        print("Evaluation: no number is shown, the labelled test set is too small for an interval to mean anything:")
+        for r in reasons[:3]:
+            print(f"  - {r}")
+        print("  Run `mrifoundry benchmark --warehouse DIR` for a cohort large enough to tell.")
+        return
+    for line in ev.get("verdict", []):
+        print(f"Evaluation: {line}")
+    for s in shown:
+        if s["encoder"] == "pretrained":
+            print(
+                f"  {s['task']:<24} {s['metric']:<11} pretrained {s['value']:.3f} "
+                f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] ({s['n_subjects']} test subjects)"
+            )

@@ -1,0 +1,77 @@
+"""Evaluation presets: how hard each protocol tries, sized for where it runs.
+
+`tiny` is for tests (seconds), `cpu` for the 2-core benchmark (minutes), `small` for one GPU.
+Hyper-parameter grids are searched on the validation split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_boot: int = 1000
+    batch_size: int = 4  # volumes per feature-extraction batch
+    num_workers: int = 0  # DataLoader workers for feature extraction
+    wd_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # linear heads: L2 strength (1/C, ridge alpha)
+    attn_lr_grid: tuple[float, ...] = (1e-3, 3e-4)
+    attn_epochs: int = 40
+    attn_heads: int = 16
+    token_pool: int = 1  # average tokens over k×k×k cells before the attentive probe (memory)
+    fewshot_ks: tuple[int, ...] = (4, 8, 16, 32, 64)
+    cnn_width: int = 8
+    cnn_downsample: int = 3
+    cnn_epochs: int = 15
+    cnn_lr: float = 2e-3
+    mae_steps: int = 300
+    mae_batch: int = 8
+    finetune_epochs: int = 3
+    finetune_max_train: int = 200
+    finetune_lr: float = 1e-4
+    run_attentive: bool = True
+    run_fusion: bool = True
+    run_finetune: bool = True
+    run_scratch_cnn: bool = True
+    run_cnn_mae: bool = True
+    device: str = "cpu"
+    seed: int = 0
+    random_init_seed: int = 1_000_003  # independent of every pretraining seed
+
+
+PRESETS: dict[str, EvalConfig] = {
+    "tiny": EvalConfig(
+        n_boot=200,
+        wd_grid=(1.0, 10.0),
+        attn_lr_grid=(1e-3,),
+        attn_epochs=15,
+        fewshot_ks=(2, 4),
+        cnn_width=4,
+        cnn_downsample=4,
+        cnn_epochs=3,
+        mae_steps=3,
+        mae_batch=2,
+        finetune_epochs=1,
+        finetune_max_train=8,
+    ),
+    "cpu": EvalConfig(),
+    "small": EvalConfig(
+        batch_size=16,
+        num_workers=4,
+        cnn_width=16,
+        cnn_downsample=2,
+        cnn_epochs=30,
+        mae_steps=3000,
+        mae_batch=16,
+        finetune_epochs=10,
+        finetune_max_train=10_000,
+        token_pool=1,
+        device="cuda",
+    ),
+}
+
+
+def get_eval_preset(name: str) -> EvalConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown evaluation preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
