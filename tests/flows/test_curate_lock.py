@@ -111,3 +111,15 @@ def test_local_cluster_is_sized_to_the_machine_and_an_address_is_used_as_is() ->
     assert remote.address == "tcp://10.0.0.5:8786" and not remote.cluster_kwargs
     with pytest.raises(ValueError, match="at least one worker"):
         dask_runner(workers=0)
+
+
+def test_a_cluster_on_another_host_needs_a_prefect_server_every_worker_reaches() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.commands.curate import _reachable_api
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert not _reachable_api("tcp://10.9.9.9:8786")
+        assert _reachable_api("tcp://127.0.0.1:8786") and _reachable_api("localhost:8786")
+    with temporary_settings({PREFECT_API_URL: "http://head:4200/api"}):
+        assert _reachable_api("tcp://10.9.9.9:8786")
