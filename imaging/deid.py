@@ -117,6 +117,15 @@ class Pseudonymizer:
         """Pseudonym of a source folder: PACS exports often name folders after patients or dates."""
         return self._token("folder", "dir-", relative_dir)
 
+    def file(self, relative_path: str) -> str:
+        """Pseudonym of a source file (its path under the source root): some exports name files after
+        the patient too (``MUELLER_HANS_broken.dcm``)."""
+        return self._token("file", "file-", relative_path)
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte secret for one purpose (e.g. sealing the header index), derived from the key."""
+        return self._digest("derived-key", purpose)
+
     def study(self, study_uid: str) -> str:
         return self._token("study", "ses-", study_uid)
 

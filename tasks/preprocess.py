@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imaging.deid import Pseudonymizer
 from tasks.context import WarehouseContext
-from tasks.record import WorkItem, mark_series
+from tasks.record import WorkItem, mark_series, redact_paths
 from warehouse.manifest import now
 
 log = logging.getLogger("mrifoundry.preprocess")
@@ -180,6 +181,7 @@ def record_volume(
 
 
 def record_failure(ctx: WarehouseContext, item: WorkItem, reason: str, detail: str) -> None:
+    detail = redact_paths(detail, item, Pseudonymizer.from_env_or_file(ctx.key_file))  # no source path in logs
     log.warning("series %s: %s (%s)", item.series_key, reason, detail)
     mark_series(ctx, item, "failed", reason, detail)
 

@@ -35,6 +35,8 @@ class WorkItem:
     model_name: str
     sop_hash: str
     files: tuple[Path, ...] = field(repr=False)
+    source: Path | None = field(default=None, repr=False, compare=False)
+    """The export root the files were scanned under: failure messages are redacted against it."""
 
     @property
     def volume_id(self) -> str:
@@ -154,6 +156,7 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
                 model_name=rec.header.model_name,
                 sop_hash=rec.sop_hash,
                 files=rec.files,
+                source=Path(source),
             )
         )
     m.upsert("series", series_rows)
@@ -169,15 +172,74 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
     )
 
 
+SAFE_EXTENSIONS = frozenset(
+    {"dcm", "dicom", "ima", "img", "gz", "bz2", "xz", "zip", "tar", "nii", "json", "txt", "xml", "pdf", "csv"}
+)
+"""File extensions kept in a pseudonymised path (lower-cased): they say what a file is and cannot carry a
+name. Any other suffix is dropped with the rest of the name: in ``MUELLER.HANS`` or ``scan.19450101`` the
+"extension" is PHI."""
+
+
+def _extension(name: str) -> str:
+    """The trailing run of safe suffixes of a file name (".dcm.gz"), "" when the last one is not safe."""
+    parts = name.split(".")[1:]
+    kept: list[str] = []
+    for part in reversed(parts):
+        if part.lower() not in SAFE_EXTENSIONS:
+            break
+        kept.insert(0, part.lower())
+    return "".join(f".{x}" for x in kept)
+
+
 def _relpath(path: Path, source: Path, p: Pseudonymizer) -> str:
-    """Pseudonymised folder + file name: folder names in PACS exports can carry names and dates,
-    file names are instance numbers. The keyed folder token still groups files of one folder."""
+    """Every path component under the source root pseudonymised, the file's extension kept.
+
+    PACS exports name folders, and sometimes files, after patients, IDs and dates
+    (``MUELLER_HANS_19450101/…/MUELLER_HANS_broken.dcm``). Each folder becomes the keyed token of its
+    path from the root (``dir-…``; files of one folder still share it, and the depth stays visible), the
+    file the token of its whole relative path (``file-….dcm``). A path outside the root is treated the same
+    way from the filesystem root.
+    """
     try:
         rel = Path(path).resolve().relative_to(Path(source).resolve())
     except ValueError:
-        rel = Path(Path(path).name)
-    parent = str(rel.parent)
-    return rel.name if parent == "." else f"{p.folder(parent)}/{rel.name}"
+        rel = Path(Path(path).resolve().as_posix().lstrip("/"))
+    parts = rel.parts
+    out = [p.folder("/".join(parts[: i + 1])) for i in range(len(parts) - 1)]
+    out.append(p.file(rel.as_posix()) + _extension(parts[-1]) if parts else p.file(""))
+    return "/".join(out)
+
+
+def redact_paths(text: str, item: WorkItem, p: Pseudonymizer) -> str:
+    """``text`` with every source path of ``item`` (and its bare file and folder names) pseudonymised.
+
+    A converter's error message can quote the file it choked on; it goes to the log and into
+    ``series.detail``. Whole paths are replaced first (as given and resolved), then names on their own;
+    folder names shorter than 4 characters are left, as they would match ordinary words.
+    """
+    if not text:
+        return text
+    source = Path(item.source) if item.source is not None else None
+    names: dict[str, str] = {}
+    for f in item.files:
+        root = source if source is not None else Path(f).parent
+        token = _relpath(Path(f), root, p)
+        for raw in {str(f), str(Path(f).resolve())}:
+            names[raw] = token
+        try:
+            rel = Path(f).resolve().relative_to(Path(root).resolve())
+        except ValueError:
+            rel = Path(Path(f).name)
+        names.setdefault(rel.name, token.rsplit("/", 1)[-1])
+        for i, part in enumerate(rel.parts[:-1]):
+            if len(part) >= 4:
+                names.setdefault(part, p.folder("/".join(rel.parts[: i + 1])))
+    if source is not None:
+        for raw in {str(source), str(source.resolve())}:
+            names.setdefault(raw, "<source>")
+    for raw in sorted(names, key=len, reverse=True):
+        text = text.replace(raw, names[raw])
+    return text
 
 
 def mark_series(ctx: WarehouseContext, item: WorkItem, state: str, reason: str | None, detail: str) -> None:
