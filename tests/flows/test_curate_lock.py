@@ -23,6 +23,7 @@ HOLD = textwrap.dedent(
     with writer_lock(sys.argv[1], "run-holder"):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))
+    print("released", flush=True)
     """
 )
 
@@ -56,11 +57,11 @@ def test_second_writer_is_refused_or_waits_and_a_dead_holder_frees_the_lock(tmp_
 
 
 def test_waiter_says_why_it_waits_and_proceeds_when_the_holder_ends(tmp_path: Path) -> None:
-    proc = _holder(tmp_path, 1.5)
+    proc = _holder(tmp_path, 5)
     messages: list[str] = []
     try:
         with writer_lock(tmp_path, "run-second", on_wait=messages.append, poll_seconds=0.05):
-            assert proc.poll() == 0  # only got in once the holder had finished
+            assert proc.stdout.readline().strip() == "released"  # only got in once the holder let go
     finally:
         proc.kill()
         proc.wait()
