@@ -26,8 +26,8 @@ class BenchPreset:
 
 
 BENCH_PRESETS: dict[str, BenchPreset] = {
-    # 2 CPU cores, <= 30 min: ~190 pool subjects (570 volumes) for pretraining, ~290 labelled.
-    "cpu": BenchPreset(subjects=480, pool_fraction=0.4, pretrain_preset="tiny", pretrain_steps=400, eval_preset="cpu"),
+    # 2 CPU cores, <= 30 min: 160 pool subjects (480 volumes) for pretraining, 240 labelled.
+    "cpu": BenchPreset(subjects=400, pool_fraction=0.4, pretrain_preset="tiny", pretrain_steps=300, eval_preset="cpu"),
     # One GPU, <= 10 min.
     "small": BenchPreset(
         subjects=2000, pool_fraction=0.5, pretrain_preset="small", pretrain_steps=1500, eval_preset="small"

@@ -54,7 +54,16 @@ PRESETS: dict[str, EvalConfig] = {
         finetune_epochs=1,
         finetune_max_train=8,
     ),
-    "cpu": EvalConfig(),
+    # 2 CPU cores: the CNN baselines see 3x-downsampled volumes; MAE and fine-tuning are short.
+    "cpu": EvalConfig(
+        attn_epochs=30,
+        fewshot_ks=(4, 8, 16, 32),
+        cnn_epochs=8,
+        mae_steps=150,
+        mae_batch=4,
+        finetune_epochs=2,
+        finetune_max_train=96,
+    ),
     "small": EvalConfig(
         batch_size=16,
         num_workers=4,

@@ -55,8 +55,12 @@ def tiny_checkpoint(ctx: WarehouseContext, snapshot_id: str, steps: int = 2) -> 
     return ck
 
 
-def tiny_cohort(root: Path, n_subjects: int = 48, seed: int = 0) -> WarehouseContext:
+def tiny_cohort(
+    root: Path, n_subjects: int = 20, seed: int = 0, contrasts: tuple[str, ...] = ("T1w", "FLAIR")
+) -> WarehouseContext:
+    """Two contrasts (enough for fusion and modality tasks) keep the feature pass short."""
     ctx = open_warehouse(root, run_id="run-eval-test")
-    out = write_bench_corpus(ctx, CohortConfig(n_subjects=n_subjects, seed=seed, pool_fraction=0.25), workers=1)
+    cfg = CohortConfig(n_subjects=n_subjects, seed=seed, pool_fraction=0.25, contrasts=contrasts)
+    out = write_bench_corpus(ctx, cfg, workers=1)
     tiny_checkpoint(ctx, out.pool_snapshot_id)
     return ctx

@@ -15,7 +15,9 @@ from tasks.evaluation.runner import BASELINES, evaluate, finish, prepare, run_pr
 from tasks.evaluation.stats import auroc, c_index, mae
 from tests.tasks.evaluation_fixture import tiny_cohort
 
-CFG = replace(get_eval_preset("tiny"), n_boot=50, finetune_max_train=4)
+CFG = replace(
+    get_eval_preset("tiny"), n_boot=50, finetune_max_train=2, fewshot_ks=(2,), attn_epochs=5, cnn_epochs=1, mae_steps=2
+)
 
 
 def _split(n, d, seed):
@@ -57,7 +59,7 @@ def test_attentive_probe_finds_a_signal_in_one_token():
     u = torch.randn(16, generator=g)
     tokens[:, 3, :] += y[:, None] * (u - u.mean())  # a lesion pattern in token 3 of positive subjects only
     t = {"y": y.numpy()}
-    cfg = replace(CFG, attn_epochs=20, attn_lr_grid=(3e-3,))
+    cfg = replace(CFG, attn_epochs=20, attn_lr_grid=(3e-3,))  # one lr: this tests learning, not selection
     fit = select_and_score(
         "binary",
         (tokens[:100], {"y": t["y"][:100]}),
@@ -72,7 +74,7 @@ def test_attentive_probe_finds_a_signal_in_one_token():
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
     torch.set_num_threads(2)
-    ctx = tiny_cohort(tmp_path_factory.mktemp("evalwh"), n_subjects=32)
+    ctx = tiny_cohort(tmp_path_factory.mktemp("evalwh"), n_subjects=20)
     return prepare(ctx, None, CFG)
 
 
