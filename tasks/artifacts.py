@@ -100,9 +100,10 @@ def evaluation_markdown(
     report_path: str | None,
     checkpoint_id: str,
     comparison: Iterable[str] = (),
+    verdict: Iterable[str] = (),
 ) -> str:
-    """The headline table (task, method, metric, value, 95% CI, n), what could not be evaluated and
-    why, the verdict against the parent checkpoint, and where the full report is."""
+    """The headline table (task, method, metric, value, 95% CI, n), the verdict in words, what could
+    not be evaluated and why, the comparison with the parent checkpoint, and where the full report is."""
     rows = [
         (
             s.get("task"),
@@ -120,6 +121,7 @@ def evaluation_markdown(
         f"# Evaluation of checkpoint {checkpoint_id}",
         table(("task", "method", "metric", "value", "95% CI", "subjects", "note"), rows),
     ]
+    parts += [line for line in verdict if line]
     comparison = list(comparison)
     if comparison:
         parts += ["## Against the parent checkpoint", "\n".join(f"- {c}" for c in comparison)]
