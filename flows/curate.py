@@ -186,7 +186,7 @@ def curate_flow(
         writer_lock(ctx.root, ctx.run_id, wait=wait_for_lock, on_wait=log.warning),
         run_lifecycle(ctx.manifest, ctx.run_id, "curate", params, redact=(source, labels_csv or "")) as run,
     ):
-        scan = units.scan_task(source)
+        scan = units.scan_task(source, ctx)
         log.info(
             "scanned %d files in %.1f s: %d series, %d files skipped (unreadable or duplicate)",
             scan.n_files,

@@ -35,8 +35,13 @@ def open_warehouse_task(root: str, run_id: str | None = None) -> WarehouseContex
 
 
 @task(name="scan-dicom", retries=2, retry_delay_seconds=5, **_COMMON)
-def scan_task(source: str) -> ScanResult:
-    return scan_source(Path(source))
+def scan_task(source: str, ctx: WarehouseContext | None = None) -> ScanResult:
+    """With a warehouse, files it has seen unchanged are not reopened (`tasks.scan_index`)."""
+    if ctx is None:
+        return scan_source(Path(source))
+    from tasks.scan_index import scan_with_index
+
+    return scan_with_index(ctx, Path(source))
 
 
 @task(name="record-and-classify", **_COMMON)

@@ -9,18 +9,25 @@ either nothing (it goes on to classification) or a rejection reason code with a 
 
 Header parsing is pure Python and holds the GIL, so threads do not help; big exports are read by a
 pool of forked processes (`_read_all`), small ones in this process.
+
+A nightly rescan of an unchanged export need not reopen any file: with a `HeaderIndex` (the caller's
+store of earlier results, keyed by path, size and modification time) only new or changed files are
+read. The index is the caller's (tasks/ keeps it in the warehouse); this module stays storage-free.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from imaging.dicom.drop import readable_entries
 from imaging.dicom.geometry import series_geometry
@@ -58,10 +65,64 @@ class SeriesRecord:
 
 @dataclass(frozen=True)
 class ScanResult:
+    """`n_read` counts the files opened by this scan; the rest came from the header index."""
+
     series: tuple[SeriesRecord, ...]
     rejected_files: tuple[RejectedFile, ...]
     n_files: int
     seconds: float
+    n_read: int = -1
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """A file as the index knows it: a change of size or modification time means "read it again"."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+FileResult = _FileInfo | RejectedFile
+
+
+class HeaderIndex(Protocol):
+    """Earlier scan results, keyed by (path, size, mtime); implemented outside `imaging` (storage)."""
+
+    def lookup(self, files: Sequence[FileStat], version: str) -> dict[Path, FileResult]:
+        """The stored result of every file whose path, size, mtime and reader `version` all match."""
+        ...
+
+    def update(self, fresh: Sequence[tuple[FileStat, FileResult]], present: Sequence[FileStat], version: str) -> None:
+        """Store `fresh` results and forget the files of this source that are no longer `present`."""
+        ...
+
+
+_READER_MODULES = ("tags", "values", "walker", "header", "geometry", "reasons", "reader")
+
+
+@lru_cache(maxsize=1)
+def reader_version() -> str:
+    """A hash of the header-reading code: a stored result from other code is read again, not trusted."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in _READER_MODULES:
+        digest.update(inspect.getsource(importlib.import_module(f"imaging.dicom.{name}")).encode())
+    return digest.hexdigest()[:16]
+
+
+def _stat(path: Path) -> FileStat:
+    try:
+        st = path.stat()
+    except OSError:
+        return FileStat(path, -1, -1)  # never matches a stored entry: read_file reports the error
+    return FileStat(path, st.st_size, st.st_mtime_ns)
+
+
+def _indexable(result: FileResult) -> bool:
+    """An I/O error may be transient (a share hiccup): such a file is read again next time."""
+    return not (isinstance(result, RejectedFile) and result.reason == "unreadable")
 
 
 def _read_chunk(paths: Sequence[Path]) -> list[_FileInfo | RejectedFile]:
@@ -192,7 +253,11 @@ def _read_all(
 
 
 def scan_source(
-    source: Path, *, workers: int | None = None, progress: Callable[[int, int], None] | None = None
+    source: Path,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    index: HeaderIndex | None = None,
 ) -> ScanResult:
     """Scan every file under `source` (a folder, or one file) and group the DICOM ones into series.
 
@@ -201,6 +266,8 @@ def scan_source(
         workers: processes for header parsing; default: the CPUs this process may use. Parsing is
             pure-Python and GIL-bound, so threads do not help; processes do (see the module notes).
         progress: called as progress(files_done, files_total) while reading.
+        index: earlier results by (path, size, mtime); only files it does not know (or knows with another
+            size or mtime) are opened, and it is updated with them (deleted files are forgotten).
 
     Returns:
         Series sorted by (study, series number, UID), with rejections filled in, plus the files
@@ -211,7 +278,19 @@ def scan_source(
     if not source.exists():
         raise FileNotFoundError(f"DICOM source {source} does not exist; pass the export folder (or one file)")
     paths = _list_files(source)
-    results = _read_all(paths, default_workers() if workers is None else workers, progress)
+    n_workers = default_workers() if workers is None else workers
+    if index is None:
+        results = _read_all(paths, n_workers, progress)
+        n_read = len(paths)
+    else:
+        version = reader_version()
+        stats = [_stat(p) for p in paths]
+        known = index.lookup(stats, version)
+        todo = [s for s in stats if s.path not in known]
+        fresh = dict(zip((s.path for s in todo), _read_all([s.path for s in todo], n_workers, progress), strict=True))
+        results = [known[p] if p in known else fresh[p] for p in paths]
+        index.update([(s, fresh[s.path]) for s in todo if _indexable(fresh[s.path])], stats, version)
+        n_read = len(todo)
     rejected: list[RejectedFile] = []
     groups: dict[str, list[_FileInfo]] = {}
     for r in results:
@@ -232,4 +311,5 @@ def scan_source(
         rejected_files=tuple(sorted(rejected, key=lambda r: str(r.path))),
         n_files=len(paths),
         seconds=time.perf_counter() - t0,
+        n_read=n_read,
     )

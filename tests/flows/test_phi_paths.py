@@ -2,7 +2,7 @@
 
 A PACS export may be laid out as ``MUELLER_HANS_19450101/PID12345678/1945-01-01/MUELLER_HANS_0001.dcm``.
 The curate flow must store and log only pseudonymised path components (extensions kept). The fast
-sweep curates an export of such names holding only files and series that are rejected (no
+sweep curates an export of such names holding only series of class "other" and broken files (no
 preprocessing, seconds); the slow one keeps its T1w, so shards and reports exist too.
 """
 
@@ -85,33 +85,34 @@ def test_failure_details_and_logs_carry_no_source_path(tmp_path: Path, caplog: p
 # ---------------------------------------------------------------------------------------- the sweep
 
 
-def _planted_export(root: Path, keep_t1w: bool) -> Path:
-    """A synthetic export moved under PHI-named folders, with PHI file names and a broken file."""
-    from tasks.synthetic import make_export
+def _planted_export(root: Path, keep_t1w: bool, real: Path) -> Path:
+    """An export under PHI-named folders with PHI file names, a broken file and a report.
 
-    export = make_export(root / "gen", preset="tiny", seed=3, subjects=1)
+    Fast: the real Philips pCASL, its source images and the B0 map (series 1901, 1903, 2001: class
+    "other", no preprocessing). Slow: the T1w, T2w and FLAIR of a synthetic one-subject export, so that a
+    volume is curated, sharded and reported.
+    """
     source = root / "MUELLER_HANS_19450101"
-    truth = json.loads(export.truth_json.read_text())
-    curated = [
-        s for s in truth["series"] if s["expected_label"] in ("T1w", "T2w", "FLAIR") and not s["expected_rejection"]
-    ]
-    mr_dirs = {Path(s["folder"]).relative_to("dicom").as_posix() for s in curated}
-    t1w_dirs = {Path(s["folder"]).relative_to("dicom").as_posix() for s in curated if s["expected_label"] == "T1w"}
-    assert t1w_dirs and mr_dirs > t1w_dirs
-    n = 0
-    for path in sorted(p for p in export.dicom_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(export.dicom_dir)
-        folder = rel.parent.as_posix()
-        if folder in mr_dirs and not (keep_t1w and folder in t1w_dirs):
-            continue  # MR series that would need preprocessing: left out of the fast sweep
-        n += 1
-        target = source / f"PID12345678_{rel.parts[0]}" / "1945-01-01" / "_".join(rel.parts[1:-1] or ["top"])
+    if keep_t1w:
+        from tasks.synthetic import make_export
+
+        export = make_export(root / "gen", preset="tiny", seed=3, subjects=1)
+        files = sorted(p for p in export.dicom_dir.rglob("*") if p.is_file())
+        base = export.dicom_dir
+    else:
+        base = real / "dicom" / "philips_flat_folder"
+        files = sorted(p for p in base.iterdir() if not p.name.startswith("1301_"))
+    for n, path in enumerate(files, start=1):
+        rel = path.relative_to(base)
+        sub = "_".join(rel.parts[:-1]) or path.name.split("_")[0]
+        target = source / f"PID12345678_{sub}" / "1945-01-01"
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target / f"MUELLER_HANS_{n:04d}{''.join(path.suffixes)}")
-    (source / "PID12345678_misc").mkdir(parents=True, exist_ok=True)
-    (source / "PID12345678_misc" / "MUELLER_HANS_broken.dcm").write_bytes(b"DICM" + os.urandom(64))
-    (source / "PID12345678_misc" / "Hauptstrasse_12.txt").write_text("not an image\n")
-    with gzip.open(source / "PID12345678_misc" / "MUELLER_HANS_cut.dcm.gz", "wb") as f:
+    misc = source / "PID12345678_misc"
+    misc.mkdir(parents=True, exist_ok=True)
+    (misc / "MUELLER_HANS_broken.dcm").write_bytes(b"DICM" + os.urandom(64))
+    (misc / "Hauptstrasse_12.txt").write_text("not an image\n")
+    with gzip.open(misc / "MUELLER_HANS_cut.dcm.gz", "wb") as f:
         f.write(b"\0" * 10)
     return source
 
@@ -172,9 +173,9 @@ def _sweep(source: Path, prefect_harness, tmp_path: Path, capsys: pytest.Capture
     return {"warehouse": wh, "failures": failures, "files": files}
 
 
-def test_no_planted_phi_in_manifest_logs_or_listings(prefect_harness, tmp_path: Path, capsys) -> None:
-    source = _planted_export(tmp_path / "src", keep_t1w=False)
-    assert any("MUELLER_HANS" in p.name for p in source.rglob("*.dcm"))
+def test_no_planted_phi_in_manifest_logs_or_listings(prefect_harness, tmp_path: Path, capsys, shared_data) -> None:
+    source = _planted_export(tmp_path / "src", keep_t1w=False, real=shared_data)
+    assert sum("MUELLER_HANS" in p.name for p in source.rglob("*.dcm.gz")) > 400
     out = _sweep(source, prefect_harness, tmp_path, capsys)
     rows = Manifest(out["warehouse"]).query("SELECT relpath FROM rejected_files")
     assert rows
@@ -186,7 +187,7 @@ def test_no_planted_phi_in_manifest_logs_or_listings(prefect_harness, tmp_path: 
 
 
 @pytest.mark.slow
-def test_no_planted_phi_with_a_curated_volume(prefect_harness, tmp_path: Path, capsys) -> None:
-    source = _planted_export(tmp_path / "src", keep_t1w=True)
+def test_no_planted_phi_with_a_curated_volume(prefect_harness, tmp_path: Path, capsys, shared_data) -> None:
+    source = _planted_export(tmp_path / "src", keep_t1w=True, real=shared_data)
     out = _sweep(source, prefect_harness, tmp_path, capsys)
     assert any(p.suffix == ".arrow" for p in out["files"])  # a shard was written and swept
