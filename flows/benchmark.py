@@ -27,7 +27,7 @@ class BenchPreset:
 
 BENCH_PRESETS: dict[str, BenchPreset] = {
     # 2 CPU cores, <= 30 min: 160 pool subjects (480 volumes) for pretraining, 240 labelled.
-    "cpu": BenchPreset(subjects=400, pool_fraction=0.4, pretrain_preset="tiny", pretrain_steps=300, eval_preset="cpu"),
+    "cpu": BenchPreset(subjects=400, pool_fraction=0.4, pretrain_preset="tiny", pretrain_steps=120, eval_preset="cpu"),
     # One GPU, <= 10 min.
     "small": BenchPreset(
         subjects=2000, pool_fraction=0.5, pretrain_preset="small", pretrain_steps=1500, eval_preset="small"

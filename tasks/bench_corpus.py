@@ -24,6 +24,7 @@ import numpy as np
 from synth.cohort import CohortConfig, SubjectSpec, draw_subjects, render_subject
 from synth.cohort_atlas import grid_atlas
 from tasks.context import WarehouseContext
+from warehouse import cohort as cohort_q
 from warehouse.manifest import now
 from warehouse.shards import ShardVolume, write_shard
 
@@ -79,8 +80,15 @@ def _chunks(specs: list[SubjectSpec], size: int) -> list[list[SubjectSpec]]:
 
 
 def write_bench_corpus(ctx: WarehouseContext, cfg: CohortConfig, workers: int | None = None) -> BenchCorpus:
-    """Generate `cfg` and record it in the warehouse; returns counts and the two snapshot ids."""
+    """Generate `cfg` and record it in the warehouse; returns counts and the two snapshot ids.
+
+    A cohort already recorded with the same configuration is not generated again (its shards are
+    content-addressed, so regenerating would only rewrite identical bytes).
+    """
     t0 = time.perf_counter()
+    done = _recorded(ctx, cfg)
+    if done is not None:
+        return done
     specs = draw_subjects(cfg)
     workers = max(1, min(workers or os.cpu_count() or 1, 8))
     chunks = _chunks(specs, SUBJECTS_PER_SHARD)
@@ -103,7 +111,7 @@ def write_bench_corpus(ctx: WarehouseContext, cfg: CohortConfig, workers: int | 
     # Labelled first, pool last: the pool becomes the latest snapshot, which pretraining picks.
     lab_snap = m.commit_snapshot(by_role["labelled"])[0] if by_role["labelled"] else None
     pool_snap = m.commit_snapshot(by_role["pool"])[0] if by_role["pool"] else None
-    cohort_id = f"cohort-{cfg.seed}-{cfg.n_subjects}"
+    cohort_id = _cohort_id(cfg)
     n_lab = sum(s.role == "labelled" for s in specs)
     m.upsert(
         "cohorts",
@@ -141,6 +149,35 @@ def write_bench_corpus(ctx: WarehouseContext, cfg: CohortConfig, workers: int | 
         "bench corpus %s: %d subjects, %d volumes in %.1f s", cohort_id, out.n_subjects, out.n_volumes, out.seconds
     )
     return out
+
+
+def _recorded(ctx: WarehouseContext, cfg: CohortConfig) -> BenchCorpus | None:
+    m = ctx.manifest
+    row = cohort_q.cohort_by_id(m, _cohort_id(cfg))
+    if row is None or row["config_json"] != json.dumps(asdict(cfg)):
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    for r in cohort_q.split_counts(m):
+        counts.setdefault(r["scheme"], {})[r["split"]] = int(r["n_subjects"])
+    n_vol = cohort_q.snapshot_size(m, row["labelled_snapshot_id"]) + cohort_q.snapshot_size(m, row["pool_snapshot_id"])
+    if n_vol != (row["n_labelled"] + row["n_pool"]) * len(cfg.contrasts):
+        return None  # incomplete (a crash between shards and snapshots): generate again
+    return BenchCorpus(
+        cohort_id=row["cohort_id"],
+        n_subjects=row["n_labelled"] + row["n_pool"],
+        n_labelled=row["n_labelled"],
+        n_pool=row["n_pool"],
+        n_volumes=n_vol,
+        n_shards=0,
+        labelled_snapshot_id=row["labelled_snapshot_id"],
+        pool_snapshot_id=row["pool_snapshot_id"],
+        split_counts=counts,
+        seconds=0.0,
+    )
+
+
+def _cohort_id(cfg: CohortConfig) -> str:
+    return f"cohort-{cfg.seed}-{cfg.n_subjects}"
 
 
 def _record(ctx: WarehouseContext, cfg: CohortConfig, specs: list[SubjectSpec], results: list[dict]) -> None:

@@ -218,6 +218,20 @@ def pretraining_curves(checkpoint_path: Path | None, extra: dict[str, list[float
     return _png(fig)
 
 
+def _pretrain_summary(ctx: WarehouseContext) -> dict[str, Any]:
+    """Last pretraining run's load balance (MinVio/MaxVio at its last step: the per-step curve is not stored)."""
+    from warehouse.queries import latest_completed_summary
+
+    s = latest_completed_summary(ctx.manifest, "pretrain") or {}
+    keys = {
+        "steps": "pretraining steps",
+        "final_loss": "pretraining final loss",
+        "minvio": "MinVio (last step)",
+        "maxvio": "MaxVio (last step)",
+    }
+    return {label: s[k] for k, label in keys.items() if s.get(k) is not None}
+
+
 def write_eval_report(ctx: WarehouseContext, out: EvaluationOutcome, checkpoint: dict[str, Any], preset: str) -> Path:
     ck_path = ctx.abs(checkpoint["path"]) if checkpoint.get("path") else None
     images = [
@@ -237,6 +251,7 @@ def write_eval_report(ctx: WarehouseContext, out: EvaluationOutcome, checkpoint:
         "evaluation code version": code_version(),
         "evaluation preset": preset,
         "evaluation run": ctx.run_id,
+        **_pretrain_summary(ctx),
         "seconds": round(out.seconds, 1),
     }
     parts = [

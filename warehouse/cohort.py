@@ -75,3 +75,15 @@ def evaluation_rows(m: Manifest, run_id: str) -> list[dict[str, Any]]:
         "WHERE run_id = ? ORDER BY task, encoder",
         [run_id],
     )
+
+
+def cohort_by_id(m: Manifest, cohort_id: str) -> dict[str, Any] | None:
+    rows = m.query("SELECT * FROM cohorts WHERE cohort_id = ?", [cohort_id])
+    return rows[0] if rows else None
+
+
+def snapshot_size(m: Manifest, snapshot_id: str | None) -> int:
+    """Members of a snapshot (0 for None or an unknown id)."""
+    if snapshot_id is None:
+        return 0
+    return int(m.scalar("SELECT count(*) FROM snapshot_volumes WHERE snapshot_id = ?", [snapshot_id]) or 0)

@@ -58,11 +58,11 @@ PRESETS: dict[str, EvalConfig] = {
     "cpu": EvalConfig(
         attn_epochs=30,
         fewshot_ks=(4, 8, 16, 32),
-        cnn_epochs=8,
-        mae_steps=150,
+        cnn_epochs=6,
+        mae_steps=60,
         mae_batch=4,
-        finetune_epochs=2,
-        finetune_max_train=96,
+        finetune_epochs=1,
+        finetune_max_train=64,
     ),
     "small": EvalConfig(
         batch_size=16,
