@@ -12,6 +12,7 @@ A no-op nightly rescan then costs a directory walk, one `stat` per file and one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -38,6 +39,7 @@ class WarehouseHeaderIndex:
         self._m = manifest
         self._path_secret = p.derive_key("header-index-path")
         self._aead = AESGCM(p.derive_key("header-index-seal"))
+        self._keys: dict[Path, str] = {}
         self.source_key = self.path_key(Path(source).resolve())
         self.n_forgotten = 0
         ensure_table(manifest)
@@ -46,20 +48,28 @@ class WarehouseHeaderIndex:
         return "WarehouseHeaderIndex(<keyed>)"
 
     def path_key(self, path: Path) -> str:
-        return hmac.new(self._path_secret, os.fsencode(str(path)), hashlib.sha256).hexdigest()
+        key = self._keys.get(path)
+        if key is None:
+            key = self._keys[path] = hmac.new(self._path_secret, os.fsencode(str(path)), hashlib.sha256).hexdigest()
+        return key
 
     def _seal(self, path_key: str, result: FileResult) -> bytes:
+        # The path is the row's key (and bound to it below), so the sealed result goes without it: smaller,
+        # and a lookup of 100k files builds no Path objects while unpickling.
+        payload = pickle.dumps(dataclasses.replace(result, path=None), protocol=5)
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, pickle.dumps(result, protocol=5), path_key.encode())
+        return nonce + self._aead.encrypt(nonce, payload, path_key.encode())
 
-    def _open(self, path_key: str, sealed: bytes) -> FileResult | None:
+    def _open(self, path_key: str, sealed: bytes, path: Path) -> FileResult | None:
         from cryptography.exceptions import InvalidTag
 
         try:
             raw = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], path_key.encode())
         except InvalidTag:  # another key (the key was rotated) or a damaged row: read the file again
             return None
-        return pickle.loads(raw)  # authenticated above: only this warehouse's key could have written it
+        result = pickle.loads(raw)  # authenticated above: only this warehouse's key could have written it
+        object.__setattr__(result, "path", path)  # frozen dataclass: put back the path the row is keyed by
+        return result
 
     def lookup(self, files: Sequence[FileStat], version: str) -> dict[Path, FileResult]:
         by_key = {self.path_key(f.path): f for f in files}
@@ -68,8 +78,8 @@ class WarehouseHeaderIndex:
             f = by_key[row.path_key]
             if (row.size, row.mtime_ns, row.reader_version) != (f.size, f.mtime_ns, version):
                 continue
-            result = self._open(row.path_key, row.sealed)
-            if result is not None and Path(result.path) == f.path:
+            result = self._open(row.path_key, row.sealed, f.path)
+            if result is not None:
                 out[f.path] = result
         return out
 
