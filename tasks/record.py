@@ -18,6 +18,7 @@ from tasks.context import PIPELINE_VERSION, WarehouseContext
 from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now
 from warehouse.queries import done_series, set_series_state
+from warehouse.source_files import replace_rejected_files
 
 # Sequence classes the curated corpus keeps; everything else is recorded and skipped.
 CURATED_CLASSES = ("T1w", "T2w", "FLAIR")
@@ -99,9 +100,10 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
     m = ctx.manifest
     done = done_series(m, PIPELINE_VERSION)
     src = source_id(source)
-    m.upsert(
-        "rejected_files",
-        (
+    replace_rejected_files(
+        m,
+        src,
+        [
             {
                 "source_id": src,
                 "relpath": _relpath(f.path, source, p),
@@ -111,7 +113,7 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
                 "updated_at": now(),
             }
             for f in scan.rejected_files
-        ),
+        ],
     )
     series_rows, class_rows, work = [], [], []
     n_unchanged = n_rejected = n_other = n_review = 0

@@ -191,3 +191,25 @@ def test_no_planted_phi_with_a_curated_volume(prefect_harness, tmp_path: Path, c
     source = _planted_export(tmp_path / "src", keep_t1w=True, real=shared_data)
     out = _sweep(source, prefect_harness, tmp_path, capsys)
     assert any(p.suffix == ".arrow" for p in out["files"])  # a shard was written and swept
+
+
+def test_a_rescan_replaces_the_sources_old_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written before file names were pseudonymised (or of files since deleted) do not survive."""
+    from imaging.dicom import scan_source
+    from tasks.context import open_warehouse
+    from tasks.record import record_scan, source_id
+
+    monkeypatch.setenv("MRIFOUNDRY_DEID_KEY", KEY)
+    source = tmp_path / "export"
+    (source / "PID12345678").mkdir(parents=True)
+    (source / "PID12345678" / "MUELLER_HANS_broken.dcm").write_bytes(b"DICM" + b"\1" * 40)
+    ctx = open_warehouse(tmp_path / "wh")
+    m = ctx.manifest
+    old = {"source_id": source_id(source), "reason": "not_dicom", "detail": "", "run_id": "old"}
+    m.upsert("rejected_files", [{**old, "relpath": "dir-0123456789abcdef/MUELLER_HANS_broken.dcm"}])
+    other = {**old, "source_id": "src-other", "relpath": "dir-x/file-y.dcm"}
+    m.upsert("rejected_files", [other])
+    record_scan(ctx, source, scan_source(source, workers=1), _p())
+    rows = m.query("SELECT source_id, relpath FROM rejected_files ORDER BY source_id")
+    assert len(rows) == 2 and not any("MUELLER" in r["relpath"] for r in rows)
+    assert {"source_id": "src-other", "relpath": "dir-x/file-y.dcm"} in rows  # other sources untouched
