@@ -58,7 +58,7 @@ def pretrain_cnn_mae(ctx: WarehouseContext, snapshot_id: str, cfg: EvalConfig) -
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
             log.info("cnn-mae step %d/%d loss %.4f", step, cfg.mae_steps, losses[-1])
     encoder = mae.encoder.eval()

@@ -130,6 +130,7 @@ def test_selection_never_reads_test_labels(state):
     assert before.curves["target"]["y"] != after.curves["target"]["y"]
 
 
+@pytest.mark.slow  # its own warehouse and checkpoint; stats tests cover 0/1/2 subjects in the default run
 def test_evaluate_end_to_end_with_two_labelled_subjects(tmp_path):
     """With almost nothing labelled, evaluate returns notes instead of crashing."""
     ctx = tiny_cohort(tmp_path, n_subjects=4)
