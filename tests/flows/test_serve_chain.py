@@ -5,6 +5,8 @@ What runs: `prefect server start` (SQLite, loopback, its own PREFECT_HOME), two 
 processes (warehouse A reads a tiny synthetic export with its labels CSV; warehouse B an empty drop
 folder), one manual run of A's nightly-curate deployment; then the test waits for A's pretrain run
 (started by A's snapshot event) and A's evaluate run (started by A's checkpoint event) to complete.
+Then a second night: new studies in A's drop folder; the retrain continues from night 1's checkpoint
+(lineage, snapshots seen) and the evaluation compares the new checkpoint with it. B never runs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.parent_compare import METHOD
 from tests.flows.live_server import live_server, stop  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slow
@@ -49,6 +52,25 @@ def _logs(client, run) -> str:
 
     logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
     return "\n".join(f"{lg.level} {lg.message}" for lg in logs)[-6000:]
+
+
+def _chain(client, deps, n: int, timings: dict, t0: float) -> dict:
+    """Run A's curate by hand (the n-th time) and wait for the n-th pretrain and evaluate it triggers."""
+    client.create_flow_run_from_deployment(deps[("a", "curate")].id)
+    done: dict[str, object] = {}
+    while len(done) < 3:
+        for flow in ("curate", "pretrain", "evaluate"):
+            runs = _runs_of(client, deps[("a", flow)].id)
+            assert len(runs) <= n, f"{flow} of warehouse A ran {len(runs)} times in round {n}"
+            final = [r for r in runs if r.state_type.value in FINAL]
+            if len(final) == n and flow not in done:
+                run = max(final, key=lambda r: r.expected_start_time)
+                assert run.state_type.value == "COMPLETED", f"{flow} ended {run.state_name}:\n{_logs(client, run)}"
+                done[flow] = run
+                timings[f"{flow}-{n}"] = time.monotonic() - t0
+        assert time.monotonic() - t0 < DEADLINE_S * n, f"round {n} not done; done: {sorted(done)}"
+        time.sleep(2)
+    return done
 
 
 def test_curate_triggers_pretrain_then_evaluate_of_its_own_warehouse_only(live_server, tmp_path):  # noqa: F811
@@ -90,22 +112,7 @@ def test_curate_triggers_pretrain_then_evaluate_of_its_own_warehouse_only(live_s
                 time.sleep(1)
             timings["served"] = time.monotonic() - t0
 
-            client.create_flow_run_from_deployment(deps[("a", "curate")].id)
-            done: dict[str, object] = {}
-            while len(done) < 3:
-                for flow in ("curate", "pretrain", "evaluate"):
-                    runs = _runs_of(client, deps[("a", flow)].id)
-                    assert len(runs) <= 1, f"{flow} of warehouse A ran {len(runs)} times"
-                    if runs and runs[0].state_type.value in FINAL and flow not in done:
-                        run = runs[0]
-                        assert run.state_type.value == "COMPLETED", (
-                            f"{flow} ended {run.state_name}:\n{_logs(client, run)}"
-                        )
-                        done[flow] = run
-                        timings[flow] = time.monotonic() - t0
-                assert time.monotonic() - t0 < DEADLINE_S, f"chain not done in {DEADLINE_S} s; done: {sorted(done)}"
-                time.sleep(2)
-
+            done = _chain(client, deps, 1, timings, t0)
             # The evaluation ran on the checkpoint that A's pretraining announced.
             assert done["pretrain"].parameters["snapshot_id"].startswith("snap-")
             assert done["evaluate"].parameters["checkpoint_id"].startswith("ckpt-")
@@ -123,7 +130,27 @@ def test_curate_triggers_pretrain_then_evaluate_of_its_own_warehouse_only(live_s
                 assert not client.read_artifacts(
                     artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{kind}-{wid['b']}"]))
                 )
+
+            # Night 2: new studies arrive; the retrain continues from night 1's model, and the evaluation
+            # compares the two on the same cohort and splits.
+            make_export(export.dicom_dir / "night-2", preset="tiny", seed=1)
+            again = _chain(client, deps, 2, timings, t0)
+            for flow in ("curate", "pretrain", "evaluate"):
+                assert _runs_of(client, deps[("b", flow)].id) == [], f"warehouse B's {flow} ran"
     finally:
         for p in procs:
             stop(p)
+    from warehouse.lineage import lineage
+    from warehouse.manifest import Manifest
+
+    m = Manifest(tmp_path / "wh-a")
+    new_ck = again["evaluate"].parameters["checkpoint_id"]
+    chain = lineage(m, new_ck)
+    assert [r["checkpoint_id"] for r in chain] == [new_ck, done["evaluate"].parameters["checkpoint_id"]]
+    assert list(chain[0]["snapshots_seen"]) == [
+        done["pretrain"].parameters["snapshot_id"],
+        again["pretrain"].parameters["snapshot_id"],
+    ]
+    compared = m.query("SELECT task FROM evaluations WHERE checkpoint_id = ? AND encoder = ?", [new_ck, METHOD])
+    assert compared, "the night-2 evaluation did not compare its checkpoint with night 1's"
     print("issue-13 chain timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
