@@ -41,8 +41,8 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> DaskT
 
     LocalCluster: one worker process per core with one thread each (registration and skull-stripping
     hold the GIL in places, so processes, not threads), no per-worker memory cap (the nanny would
-    kill a worker in the middle of a 1 mm registration; the OS still guards the machine) and no
-    dashboard (it needs bokeh).
+    kill a worker in the middle of a 1 mm registration; the OS still guards the machine) and its
+    HTTP endpoint on a free port (two curates on one machine must not fight over 8787).
     """
     address = address or os.environ.get(DASK_ADDRESS_ENV, "").strip() or None
     if address:
@@ -57,7 +57,7 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> DaskT
             "threads_per_worker": 1,
             "processes": True,
             "memory_limit": 0,
-            "dashboard_address": None,
+            "dashboard_address": ":0",
         },
     )
 
