@@ -40,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("--nnodes", type=int, default=1, help="machines in the job (run the same command on each)")
     t.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="rendezvous of a multi-node job")
     t.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per process (default: preset)")
+    t.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="continue from the warehouse's latest main-phase checkpoint of --preset (what `serve`'s retrains do)",
+    )
     t.set_defaults(handler=run)
     return t
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         nnodes=args.nnodes,
         rdzv_endpoint=args.rdzv_endpoint,
         num_workers=args.num_workers,
+        from_scratch=False if args.warm_start else None,
     )
     print_json({k: v for k, v in result.items() if k != "losses"})
     return 0

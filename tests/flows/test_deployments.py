@@ -155,3 +155,15 @@ def test_serve_options_become_flow_parameters():
         build_parser().parse_args([*argv, "--steps", "4"])
     with pytest.raises(ValueError, match="--min-new-volumes 0"):
         plan_from_args(build_parser().parse_args([*argv, "--min-new-volumes", "0"]), "0123456789ab")
+
+
+def test_pretrain_cli_warm_start_reaches_the_flow(monkeypatch):
+    import flows.pretrain
+    from flows.commands import pretrain as cmd
+
+    seen = {}
+    monkeypatch.setattr(flows.pretrain, "pretrain_flow", lambda *a, **kw: seen.update(kw) or {"checkpoint_id": "c"})
+    cmd.run(build_parser().parse_args(["pretrain", "--warehouse", "/wh", "--warm-start"]))
+    assert seen["from_scratch"] is False
+    cmd.run(build_parser().parse_args(["pretrain", "--warehouse", "/wh"]))
+    assert seen["from_scratch"] is None  # by hand: a fresh model unless asked
