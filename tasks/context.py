@@ -19,7 +19,8 @@ from warehouse.identity import ensure_warehouse_id
 from warehouse.manifest import Manifest
 
 # Bump when a stage's output changes meaning: series curated by an older version are redone.
-PIPELINE_VERSION = "curate-2"  # 2: QC reads the N4 field registration fitted (stronger correction: cjv, similarity move)
+# curate-2: QC reads the N4 field registration fitted (stronger correction: cjv and similarity move).
+PIPELINE_VERSION = "curate-2"
 KEY_FILE = "deid.key"
 
 
