@@ -121,24 +121,33 @@ def _f(v: Any) -> str:
 
 
 def forest_plot(out: EvaluationOutcome) -> str | None:
+    """One panel per metric (AUROC and MAE in years do not share an axis), a row per task and baseline."""
     rows = [
-        (t.task, b, t.differences[b])
-        for t in out.tasks
-        for b in BASELINES
-        if b in t.differences and t.differences[b].ci
+        (t, b, t.differences[b]) for t in out.tasks for b in BASELINES if b in t.differences and t.differences[b].ci
     ]
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1))
+    metrics = list(dict.fromkeys(t.metric for t, _, _ in rows))
+    sizes = [sum(t.metric == m for t, _, _ in rows) for m in metrics]
+    fig, axes = plt.subplots(
+        len(metrics),
+        1,
+        figsize=(7, 0.26 * len(rows) + 1.2 * len(metrics)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": sizes},
+    )
     colors = dict(zip(BASELINES, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
-    for i, (_, base, d) in enumerate(rows):
-        ax.plot(d.ci, [i, i], color=colors[base], lw=2)
-        ax.plot([d.value], [i], "o", color=colors[base], ms=4)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(rows)), [f"{t} vs {b}" for t, b, _ in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("paired difference (positive = pretrained better), 95% subject-bootstrap CI")
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        mine = [(t, b, d) for t, b, d in rows if t.metric == metric]
+        for i, (_, base, d) in enumerate(mine):
+            ax.plot(d.ci, [i, i], color=colors[base], lw=2)
+            ax.plot([d.value], [i], "o", color=colors[base], ms=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(mine)), [f"{t.task} vs {b}" for t, b, _ in mine], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{metric} difference (positive = pretrained better)", fontsize=8)
+    axes[-1, 0].set_xlabel("paired difference, 95% subject-bootstrap CI")
     return _png(fig)
 
 
