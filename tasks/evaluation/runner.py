@@ -169,10 +169,9 @@ def run_protocol(state: EvalState, spec: TaskSpec) -> TaskResult | None:
             state.notes.append(f"{spec.name}: the train split has fewer than {spec.k} subjects of a class; skipped")
             return None
         tr = sub
-    if min(len(tr.subjects), len(va.subjects)) == 0 or len(np.unique(tr.groups)) < 2:
-        state.notes.append(
-            f"{spec.name}: not run, train/val splits have {len(tr.subjects)}/{len(va.subjects)} subjects"
-        )
+    if min(len(tr.subjects), len(va.subjects), len(te.subjects)) == 0 or len(np.unique(tr.groups)) < 2:
+        n = f"{len(tr.subjects)}/{len(va.subjects)}/{len(te.subjects)}"
+        state.notes.append(f"{spec.name}: not run, train/val/test splits have {n} subjects")
         return None
     if spec.kind in ("binary", "multiclass") and len(np.unique(tr.target["y"])) < 2:
         state.notes.append(f"{spec.name}: not run, the train split holds a single class")

@@ -117,7 +117,12 @@ def test_checkpoint_records_snapshot_and_code_version(run):
 def test_evaluation_compares_pretrained_and_random(run):
     scores = run["first"]["evaluate"]["scores"]
     encoders = {(s["task"], s["encoder"]) for s in scores}
-    assert ("lesion", "pretrained") in encoders and ("lesion", "random_init") in encoders
+    # 4 subjects, split by a hash of keyed pseudonyms (a new key per warehouse): the lesion task runs,
+    # or a note says in words why it could not (e.g. an empty test split), never a crash.
+    notes = run["first"]["evaluate"]["notes"]
+    assert {("lesion", "pretrained"), ("lesion", "random_init")} <= encoders or any(
+        n.startswith("lesion: not run") for n in notes
+    ), notes
     for s in scores:
         if s["metric"] == "auroc":  # a value, or (small n) the reason in words instead of a number
             assert (s["value"] is None and s["note"].startswith("not shown")) or 0.0 <= s["auroc"] <= 1.0
