@@ -90,10 +90,8 @@ def load_cohort(ctx: WarehouseContext, checkpoint_snapshot: str | None) -> EvalC
 
 def open_volumes(ctx: WarehouseContext, snapshot_id: str, volume_ids: list[str] | None = None):
     """Streaming dataset of a snapshot's volumes (items: volume_id, image [1, 96, 108, 96] in [0, 1], fg)."""
-    try:
-        from tasks.snapshot_data import SnapshotVolumes
-    except ImportError:  # the shared streaming dataset (issue 9) is not in this checkout yet
-        from tasks.evaluation.fallback_data import SnapshotVolumes
+    from tasks.snapshot_data import SnapshotVolumes
+
     return SnapshotVolumes(ctx, snapshot_id, volume_ids)
 
 

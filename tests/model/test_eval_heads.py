@@ -51,7 +51,7 @@ def test_resnet_and_mae_shapes_and_mae_learns():
     first = None
     for _ in range(5):
         loss = mae.loss(x, generator=gen)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
