@@ -69,7 +69,7 @@ def print_evaluation(ev: dict[str, Any]) -> None:
     """Evaluation in words: a number only where the test set supports an interval, else the reason."""
     shown = [s for s in ev["scores"] if s["value"] is not None and not s["encoder"].startswith("pretrained_minus_")]
     if not shown:
-        reasons = sorted({s["note"] for s in ev["scores"] if s.get("note")})
+        reasons = sorted({s["note"] for s in ev["scores"] if s.get("note")}) or list(ev.get("notes", []))
         print("Evaluation: no number is shown, the labelled test set is too small for an interval to mean anything:")
         for r in reasons[:3]:
             print(f"  - {r}")
