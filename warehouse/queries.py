@@ -103,7 +103,7 @@ def status(m: Manifest) -> dict[str, Any]:
         "shards": m.scalar("SELECT count(*) FROM shards"),
         "snapshots": m.query("SELECT snapshot_id, n_volumes, created_at FROM snapshots ORDER BY created_at"),
         "runs": m.query(
-            "SELECT run_id, flow, status, started_at, finished_at FROM runs ORDER BY started_at DESC LIMIT 10"
+            "SELECT run_id, flow, status, started_at, finished_at, error FROM runs ORDER BY started_at DESC LIMIT 10"
         ),
         "latest_checkpoint": latest_checkpoint(m),
         "evaluations": m.query(
