@@ -230,6 +230,9 @@ def _run(
         sampler=range(step, phase.steps),
         num_workers=train_cfg.num_workers,
         pin_memory=device.type == "cuda",
+        # Spawned, not forked: the trainer often runs inside a Prefect flow whose threads (API client,
+        # logging, DuckDB) hold locks a forked child would inherit mid-use and deadlock or die on.
+        multiprocessing_context="spawn" if train_cfg.num_workers > 0 else None,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -45,7 +45,9 @@ def test_dataloader_workers_build_the_same_batches_in_step_order():
     batches = StepBatches(ds, MaskCollator(TINY, seed=1), batch_size=2, seed=1, augment=AugmentConfig())
     with single_thread():
         inline = [batches[s] for s in range(2, 5)]
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(2, 5), num_workers=2)
+        loader = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=range(2, 5), num_workers=2, multiprocessing_context="spawn"
+        )
         parallel = list(loader)
     for a, b in zip(inline, parallel, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
