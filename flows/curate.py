@@ -16,6 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,7 +27,7 @@ from tasks import units
 from tasks.artifacts import curation_markdown
 from tasks.lifecycle import run_lifecycle
 from tasks.progress import CurationProgress
-from tasks.record import WorkItem
+from tasks.record import WorkItem, require_input
 from tasks.series_unit import SeriesOutcome, record_outcome, reference_masks
 from tasks.summary import curation_summary
 from tasks.worker_threads import host_cores
@@ -167,7 +168,8 @@ def curate_flow(
     """Ingest a DICOM folder into a warehouse; a rerun over the same export does no work.
 
     Args:
-        source: folder with the DICOM export (any layout; gzipped files are fine).
+        source: folder with the DICOM export (any layout; gzipped files are fine), or a BIDS dataset
+            (anat T1w/T2w/FLAIR NIfTI with JSON sidecars; `imaging.bids`).
         warehouse: warehouse directory (created if missing).
         skullstrip: "auto", "deepbet" or "synthstrip-docker".
         labels_csv: optional registry CSV (PatientID,lesion,enlarged_ventricles) for evaluation labels.
@@ -187,6 +189,7 @@ def curate_flow(
         run_lifecycle(ctx.manifest, ctx.run_id, "curate", params, redact=(source, labels_csv or "")) as run,
     ):
         scan = units.scan_task(source, ctx)
+        require_input(Path(source), scan)  # no DICOM series and no BIDS image: say why, exit non-zero
         log.info(
             "scanned %d files in %.1f s: %d series, %d files skipped (unreadable or duplicate)",
             scan.n_files,

@@ -87,9 +87,18 @@ class QCResult:
 
 
 def convert(ctx: WarehouseContext, item: WorkItem) -> Converted:
+    """DICOM to NIfTI; a BIDS item's NIfTI is already the converted image and is only copied (RAS)."""
     from imaging.convert import convert_series
 
     out = ctx.derivatives(item.subject_id, item.series_key) / "native.nii.gz"
+    if item.kind == "nifti":
+        from imaging.bids import nifti_as_native
+
+        try:
+            shape, spacing = nifti_as_native(item.files[0], out)
+        except Exception as err:  # noqa: BLE001 - an unreadable image is a per-series outcome
+            raise StageError("conversion", err) from err
+        return Converted(item, out, shape, spacing, "bids-nifti")
     try:
         res = convert_series(list(item.files), out)
     except Exception as err:  # noqa: BLE001 - any converter failure is a per-series outcome

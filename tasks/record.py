@@ -11,9 +11,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imaging.bids import BidsRecord, NoInputError, classify_bids_record, no_input_message
 from imaging.classify import classify_series
 from imaging.deid import Pseudonymizer
 from imaging.dicom import ScanResult, SeriesRecord
+from imaging.dicom.drop import DROP_MARKER
 from tasks.context import PIPELINE_VERSION, WarehouseContext
 from tasks.review import apply_overrides, curation_state, load_overrides
 from warehouse.manifest import now
@@ -38,6 +40,8 @@ class WorkItem:
     files: tuple[Path, ...] = field(repr=False)
     source: Path | None = field(default=None, repr=False, compare=False)
     """The export root the files were scanned under: failure messages are redacted against it."""
+    kind: str = "dicom"
+    """"dicom" (files are a series' instances) or "nifti" (files hold one already converted BIDS image)."""
 
     @property
     def volume_id(self) -> str:
@@ -59,6 +63,16 @@ class ScanPlan:
     def ordered(self) -> tuple[WorkItem, ...]:
         """T1w first: T2w/FLAIR of the same study reuse the T1w brain mask."""
         return tuple(sorted(self.work, key=lambda w: (w.study_id, w.label != "T1w", w.series_key)))
+
+
+def require_input(source: Path, scan: ScanResult) -> None:
+    """Raise `NoInputError` (one line: why, and what to pass instead) when the scan found no series.
+
+    A receiver drop folder is exempt: before its first study is ready it is empty by design.
+    """
+    if scan.series or (Path(source) / DROP_MARKER).exists():
+        return
+    raise NoInputError(no_input_message(Path(source)))
 
 
 def source_id(source: Path) -> str:
@@ -127,7 +141,8 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
             n_rejected += 1
             series_rows.append(_series_row(ctx, rec, p, "rejected", rec.rejection, rec.rejection_detail))
             continue
-        c = apply_overrides(m, key, classify_series(rec.header), overrides)
+        auto = classify_bids_record(rec) if isinstance(rec, BidsRecord) else classify_series(rec.header)
+        c = apply_overrides(m, key, auto, overrides)
         class_rows.append(
             {
                 "series_key": key,
@@ -159,6 +174,7 @@ def record_scan(ctx: WarehouseContext, source: Path, scan: ScanResult, p: Pseudo
                 sop_hash=rec.sop_hash,
                 files=rec.files,
                 source=Path(source),
+                kind="nifti" if isinstance(rec, BidsRecord) else "dicom",
             )
         )
     m.upsert("series", series_rows)

@@ -36,7 +36,13 @@ def open_warehouse_task(root: str, run_id: str | None = None) -> WarehouseContex
 
 @task(name="scan-dicom", retries=2, retry_delay_seconds=5, **_COMMON)
 def scan_task(source: str, ctx: WarehouseContext | None = None) -> ScanResult:
-    """With a warehouse, files it has seen unchanged are not reopened (`tasks.scan_index`)."""
+    """With a warehouse, files it has seen unchanged are not reopened (`tasks.scan_index`).
+
+    A BIDS dataset (`imaging.bids`) is read from its sidecars and NIfTI headers instead."""
+    from imaging.bids import is_bids_dataset, scan_bids
+
+    if is_bids_dataset(Path(source)):
+        return scan_bids(Path(source))
     if ctx is None:
         return scan_source(Path(source))
     from tasks.scan_index import scan_with_index

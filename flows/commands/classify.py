@@ -1,4 +1,5 @@
-"""`mrifoundry classify SOURCE_DIR`: print the sequence class of every series in a DICOM folder.
+"""`mrifoundry classify SOURCE_DIR`: print the sequence class of every series in a DICOM folder (or of
+every anat T1w/T2w/FLAIR file of a BIDS dataset, checked against its sidecar: `imaging.bids`).
 
 Thin CLI wiring: the scan and the rules live in `imaging.classify` (the code the curation flow runs),
 so what this prints is what `curate` would decide. Nothing is written anywhere; no Prefect needed.
@@ -42,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         print(f"mrifoundry classify: error: --workers {args.workers} must be at least 1", file=sys.stderr)
         return 2
-    rows = classify_source(Path(args.source), workers=args.workers)
+    from imaging.bids import classify_bids, is_bids_dataset, no_input_message
+
+    source = Path(args.source)
+    rows = classify_bids(source) if is_bids_dataset(source) else classify_source(source, workers=args.workers)
+    if not rows:
+        print(f"mrifoundry classify: error: {no_input_message(source)}", file=sys.stderr)
+        return 2
     sys.stdout.write(format_rows(rows, args.format))
     if args.format == "json":
         sys.stdout.write("\n")

@@ -1,4 +1,7 @@
-"""`mrifoundry curate`: one DICOM export through ingest → QC → shards → snapshot, on Dask."""
+"""`mrifoundry curate`: one DICOM export (or BIDS dataset) through ingest → QC → shards → snapshot, on Dask.
+
+A source with nothing to read (no DICOM series, NIfTI without a BIDS layout, no files) is an error with
+one line saying why (exit 2, from `flows.cli.main`), never an empty success."""
 
 from __future__ import annotations
 
@@ -16,7 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c = subparsers.add_parser(
         "curate", help="ingest a DICOM folder: classify, convert, register, skull-strip, QC, shard (on Dask)"
     )
-    c.add_argument("source", type=Path, help="folder with the DICOM export (any layout, .dcm or .dcm.gz)")
+    c.add_argument(
+        "source",
+        type=Path,
+        help="folder with the DICOM export (any layout, .dcm or .dcm.gz) or a BIDS dataset (anat T1w/T2w/FLAIR)",
+    )
     c.add_argument("--warehouse", type=Path, required=True, help="warehouse directory (created if missing)")
     c.add_argument("--labels", type=Path, default=None, help="CSV PatientID,lesion,enlarged_ventricles (optional)")
     c.add_argument(
@@ -46,6 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if not args.source.is_dir():
         raise FileNotFoundError(f"source {args.source} is not a directory; point it at a DICOM export folder")
+    from imaging.bids import NoInputError, quick_input_problem
+
+    problem = quick_input_problem(args.source)  # file names alone say there is nothing: no flow, no cluster
+    if problem:
+        raise NoInputError(problem)
     if args.dask_address and args.workers is not None:
         raise ValueError("--workers sizes the local cluster; with --dask-address start `dask worker`s instead")
     if args.dask_address and not _reachable_api(args.dask_address):
