@@ -80,6 +80,27 @@ def test_scan_finds_anat_files_and_checks_suffix_against_physics(shared_data: Pa
     assert c2.needs_review and c2.label != "T2w" and "suffix T2w" in c2.explanation, c2
 
 
+def test_inherited_sidecar_and_a_4d_image(shared_data: Path, tmp_path: Path) -> None:
+    """A top-level T1w.json applies to every T1w; a 4D image is rejected with the DICOM scan's code."""
+    import nibabel as nib
+    import numpy as np
+
+    root = tmp_path / "bids"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "sub-02" / "anat").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    (root / "T1w.json").write_text(json.dumps(MPRAGE))
+    shutil.copyfile(shared_data / "nifti" / "t1w_chris.nii.gz", root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 12, 3), np.float32), np.eye(4)), root / "sub-02/anat/sub-02_T1w.nii")
+    recs = {r.patient_id: r for r in scan_bids(root).series}
+    assert set(recs) == {"bids:x:sub-01", "bids:x:sub-02"}
+    ok, four_d = recs["bids:x:sub-01"], recs["bids:x:sub-02"]
+    assert ok.header.inversion_time == pytest.approx(900.0) and ok.rejection is None
+    c = classify_bids_record(ok)
+    assert c.label == "T1w" and not c.needs_review, c
+    assert four_d.rejection == "inconsistent_geometry" and four_d.n_volumes == 3
+
+
 # --------------------------------------------------------------------------------------- end to end
 
 
