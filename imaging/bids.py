@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -292,14 +293,18 @@ def classify_bids(source: Path) -> list[SeriesRow]:
 _NOT_DICOM_EXT = (*NIFTI_EXTENSIONS, ".json", ".tsv", ".txt", ".md", ".csv", ".bval", ".bvec", ".mgz", ".png", ".jpg")
 
 
-def _walk(source: Path) -> list[str]:
+def _iter_names(source: Path) -> Iterator[str]:
+    """File names under `source`, lazily (a big export's first DICOM-like name ends the quick check)."""
     if source.is_file():
-        return [source.name]
-    names: list[str] = []
+        yield source.name
+        return
     for _, dirs, files in os.walk(source):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        names.extend(f for f in files if not f.startswith("."))
-    return names
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield from (f for f in files if not f.startswith("."))
+
+
+def _walk(source: Path) -> list[str]:
+    return list(_iter_names(source))
 
 
 def no_input_message(source: Path) -> str:
@@ -335,8 +340,7 @@ def quick_input_problem(source: Path) -> str | None:
     source = Path(source)
     if is_bids_dataset(source) and _anat_files(source):
         return None
-    names = _walk(source)
-    if any(not n.lower().endswith(_NOT_DICOM_EXT) for n in names):
+    if any(not n.lower().endswith(_NOT_DICOM_EXT) for n in _iter_names(source)):
         return None
     return no_input_message(source)
 
