@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from imaging.classify import Classification, SeriesRow, classify_series
 from imaging.dicom.header import SeriesHeader
 from imaging.dicom.reader import RejectedFile
 from imaging.dicom.reasons import MIN_SLICES
-from imaging.dicom.scan import ScanResult
+from imaging.dicom.scan import ScanResult, SeriesRecord
 
 BIDS_SUFFIXES = ("T1w", "T2w", "FLAIR")
 """Anatomical suffixes curated (the corpus' sequence classes); other anat files are left alone."""
@@ -43,28 +43,17 @@ class NoInputError(ValueError):
 
 
 @dataclass(frozen=True)
-class BidsRecord:
-    """One BIDS anatomical file as a series: the fields `tasks.record` reads from a DICOM `SeriesRecord`.
+class BidsRecord(SeriesRecord):
+    """One BIDS anatomical file as a series: a `SeriesRecord` plus its BIDS suffix and dataset path.
 
     The "UIDs" are namespaced BIDS labels (dataset name, sub, ses, file name): raw identifiers for the
     pseudonymiser only, never persisted. `files` holds the NIfTI alone; `sop_hash` changes when the
     image or its sidecar does, so an edited file is curated again.
     """
 
-    series_uid: str
-    study_uid: str
-    patient_id: str
-    files: tuple[Path, ...]
-    sop_hash: str
-    header: SeriesHeader
-    n_instances: int
-    rejection: str | None
-    rejection_detail: str
+    _: KW_ONLY
     suffix: str
     relpath: str = ""
-    n_slices: int = 0
-    n_volumes: int = 1
-    transfer_syntaxes: tuple[str, ...] = ()
 
 
 def is_bids_dataset(source: Path) -> bool:
@@ -233,7 +222,7 @@ def scan_bids(source: Path) -> ScanResult:
             )
         )
     return ScanResult(
-        series=tuple(records),  # type: ignore[arg-type]  # duck-typed SeriesRecord
+        series=tuple(records),
         rejected_files=tuple(rejected),
         n_files=len(files),
         seconds=time.perf_counter() - t0,
