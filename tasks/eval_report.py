@@ -229,7 +229,7 @@ def pretraining_curves(checkpoint_path: Path | None, extra: dict[str, list[float
 
 def _pretrain_summary(ctx: WarehouseContext) -> dict[str, Any]:
     """Last pretraining run's load balance (MinVio/MaxVio at its last step: the per-step curve is not stored)."""
-    from warehouse.queries import latest_completed_summary
+    from warehouse.runs import latest_completed_summary
 
     s = latest_completed_summary(ctx.manifest, "pretrain") or {}
     keys = {

@@ -16,7 +16,8 @@ import numpy as np
 
 from tasks.context import WarehouseContext
 from warehouse.qc_store import qc_report_rows
-from warehouse.queries import latest_completed_summary, latest_snapshot, status
+from warehouse.queries import latest_snapshot, status
+from warehouse.runs import latest_completed_summary
 
 
 def _png(fig) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from warehouse.manifest import Manifest
@@ -182,15 +181,3 @@ def set_series_state(
         "UPDATE series SET state = ?, reason = ?, detail = ?, run_id = ?, updated_at = ? WHERE series_key = ?",
         [state, reason, detail, run_id, when, series_key],
     )
-
-
-def latest_completed_summary(m: Manifest, flow: str) -> dict[str, Any] | None:
-    """The parsed summary_json of the newest completed run of ``flow``; None if none has one.
-
-    The report plots the pretraining losses from it, so a failed or running pretrain never shows.
-    """
-    summary = m.scalar(
-        "SELECT summary_json FROM runs WHERE flow = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
-        [flow],
-    )
-    return json.loads(summary) if summary else None

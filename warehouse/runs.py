@@ -94,3 +94,15 @@ def run_row(m: Manifest, run_id: str) -> dict[str, Any] | None:
         [run_id],
     )
     return rows[0] if rows else None
+
+
+def latest_completed_summary(m: Manifest, flow: str) -> dict[str, Any] | None:
+    """The parsed summary_json of the newest completed run of ``flow``; None if none has one.
+
+    The report plots the pretraining losses from it, so a failed or running pretrain never shows.
+    """
+    summary = m.scalar(
+        "SELECT summary_json FROM runs WHERE flow = ? AND status = 'completed' ORDER BY finished_at DESC LIMIT 1",
+        [flow],
+    )
+    return json.loads(summary) if summary else None

@@ -15,7 +15,8 @@ from warehouse.qc_store import (
     qc_report_rows,
     update_qc_verdicts,
 )
-from warehouse.queries import latest_completed_summary, set_series_state
+from warehouse.queries import set_series_state
+from warehouse.runs import latest_completed_summary
 
 
 @pytest.fixture()
