@@ -255,7 +255,8 @@ def test_qc_reuses_the_registration_bias_field(t1_result: RegistrationResult, mo
     nib.save(mask, str(mask_path))
     m = compute_metrics(T1, Path(t1_result.registered_path), mask_path, Path(t1_result.fov_path), 0.8, 1.0)
     # Same stored field, but a second multi-threaded ITK pass: sums are not bit-reproducible (a fresh-clone
-    # CI run saw inu differ by 5.3e-6 relative), so equality is asserted to 1e-5, ten times tighter than the reused-vs-refit check above.
+    # CI run saw inu differ by 5.3e-6 relative), so equality is asserted to 1e-5, ten times tighter than
+    # the reused-vs-refit check above.
     assert m["inu"] == pytest.approx(reused["inu"], rel=1e-5)
     assert m["snr_wm"] == pytest.approx(reused["snr_wm"], rel=1e-5)
 
