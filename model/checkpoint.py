@@ -12,6 +12,8 @@ A checkpoint (`last.pt`) is a dict:
     rng           torch (and CUDA) RNG states
     model_config, train_config   the configs as dicts
     init          for a cooldown: {"path", "step"} of the main-phase checkpoint it started from; else None
+    history       downsampled curve (step, loss, lr, minvio, maxvio) of this phase and the ones it continued
+                  (history.py); absent in checkpoints written before it existed
     stream        {"n_items", "epoch", "samples_seen"}: where the run is in its data stream (sampler.py);
                   batches are a pure function of (seed, step), this pins the dataset they were drawn from
     metadata      the caller's provenance (snapshot id, code version, preset, ...)

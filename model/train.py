@@ -17,7 +17,9 @@ restarted on the same out_dir continues bit-for-bit as if never stopped.
 
 Logged every step (the `log` callback on rank 0, and the progress bar): loss, lr, grad norm,
 MinVio/MaxVio per MoE layer and their extremes, target feature std (collapse guard), seconds spent
-waiting for data, augmenting and computing, samples/s and tokens/s.
+waiting for data, augmenting and computing, samples/s and tokens/s. The checkpoint keeps a
+downsampled curve of loss, lr, MinVio and MaxVio (history.py) that a warm start or a cooldown
+continues, so the report can plot the whole lineage.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from model.batches import StepBatches
 from model.checkpoint import load_encoder
 from model.config import ModelConfig, TrainConfig
 from model.distributed import World, all_reduce_mean, barrier, current_world, device_for, wrap_ddp
+from model.history import StepHistory
 from model.jepa import JEPA, check_collapse
 from model.masks import MaskCollator, derive_seed
 from model.sampler import StreamPosition
@@ -188,13 +191,19 @@ def _run(
     optimizer = build_optimizer(model, train_cfg)
     step, losses, skipped, init = 0, [], 0, None
     saved_at: int | None = None  # step of the checkpoint on disk that belongs to this run
+    history = StepHistory()
     if resume and ckpt_path.exists():
-        step, losses, skipped, init, position = _resume(ckpt_path, model, optimizer, phase, world, model_cfg, train_cfg)
+        step, losses, skipped, init, position = _resume(
+            ckpt_path, model, optimizer, phase, world, model_cfg, train_cfg, history
+        )
         if batches.stream.step_at(position) != step:  # also refuses a checkpoint of another snapshot size
             raise ValueError(f"{ckpt_path}: its stream position {position} is not step {step}; start a fresh out_dir")
         saved_at = step
     elif init_from is not None:
-        init = _start_from(init_from, model, optimizer, model_cfg)
+        init = _start_from(init_from, model, optimizer, model_cfg, history)
+    if saved_at is None or not history.phases:  # a new phase (or one resumed from before curves were kept)
+        history.start_phase(phase.name, start_if_empty=(init or {}).get("step", 0))
+    offset = int(history.phases[-1]["start"])  # this phase's step 0 on the lineage's step axis
 
     def save() -> None:
         nonlocal saved_at
@@ -213,6 +222,7 @@ def _run(
                     "model_config": model_cfg.to_dict(),
                     "train_config": train_cfg.to_dict(),
                     "init": init,
+                    "history": history.state_dict(),
                     "stream": batches.stream.position_at(step).to_dict(),
                     "metadata": metadata,
                 },
@@ -261,6 +271,7 @@ def _run(
         record["augment_seconds"] = augmented - fetched
         record["samples_per_s"] = global_batch / (done - ready)
         record["tokens_per_s"] = global_batch * model_cfg.n_tokens / (done - ready)
+        history.add({**record, "step": offset + step})
         if world.is_main:
             if out.applied and not warned_collapse:
                 warned_collapse = check_collapse(out.values["target_std"], train_cfg.collapse_std)
@@ -294,8 +305,10 @@ def _resume(
     world: World,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    history: StepHistory,
 ) -> tuple[int, list[float], int, dict | None, StreamPosition]:
-    """Restore model, optimizer and RNG from this phase's checkpoint: (step, losses, skipped, init, stream).
+    """Restore model, optimizer, RNG and the curve (into `history`) from this phase's checkpoint:
+    (step, losses, skipped, init, stream).
 
     Loaded to CPU and dropped on return, so a GPU never holds a second copy of weights and moments.
     """
@@ -312,17 +325,22 @@ def _resume(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
     ckpt.set_rng_state(state["rng"])
+    history.load_state(state.get("history"))
     position = StreamPosition(**state["stream"])
     return state["step"], list(state["losses"]), state["skipped_steps"], state["init"], position
 
 
-def _start_from(path: Path, model: JEPA, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig) -> dict:
+def _start_from(
+    path: Path, model: JEPA, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig, history: StepHistory
+) -> dict:
     """Begin a cooldown or a warm-started main phase from a main-phase checkpoint: weights, EMA target,
-    routing biases, AdamW moments (not its step: the new phase counts, and schedules its lr, from 0)."""
+    routing biases, AdamW moments (not its step: the new phase counts, and schedules its lr, from 0),
+    and its curve, which the new phase continues."""
     state = ckpt.load(path, "cpu")
     ckpt.check_cooldown_source(state, path, model_cfg)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    history.load_state(state.get("history"))
     return {"path": str(path), "step": int(state["step"])}
 
 

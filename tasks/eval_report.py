@@ -201,34 +201,91 @@ def fewshot_plot(out: EvaluationOutcome) -> str | None:
     return _png(fig)
 
 
-def pretraining_curves(checkpoint_path: Path | None, extra: dict[str, list[float]]) -> str | None:
-    """Pretraining loss (and MoE MinVio/MaxVio when the checkpoint kept them), plus the CNN-MAE loss."""
-    series: dict[str, list[float]] = {}
-    if checkpoint_path is not None and checkpoint_path.exists():
-        import torch
+CURVES = (("loss", "JEPA loss"), ("minvio", "MinVio (lowest MoE layer)"), ("maxvio", "MaxVio (highest MoE layer)"))
+NOT_RECORDED = "not recorded"
 
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        series["JEPA loss"] = [float(x) for x in state.get("losses", [])]
-        for key in ("step_log", "history", "log"):
-            recs = state.get(key)
-            if isinstance(recs, list) and recs and isinstance(recs[0], dict):
-                for name in sorted({k for r in recs for k in r if "minvio" in k or "maxvio" in k}):
-                    series[name] = [float(r.get(name, np.nan)) for r in recs]
-    series.update({k: v for k, v in extra.items() if v})
-    series = {k: v for k, v in series.items() if v}
-    if not series:
-        return None
+
+def read_pretraining_curve(checkpoint_path: Path | None) -> tuple[dict[str, Any] | None, str]:
+    """(curve, why not): the checkpoint's downsampled per-step history over its whole lineage.
+
+    Checkpoints from before the history existed keep only this phase's `losses`; that becomes a
+    loss-only curve and the note says MinVio/MaxVio were not recorded. mmap: the weights are not read.
+    """
+    if checkpoint_path is None or not checkpoint_path.exists():
+        return None, "no checkpoint file"
+    import torch
+
+    try:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a foreign or truncated file must not cost the whole report
+        return None, f"checkpoint unreadable ({type(err).__name__})"
+    history = state.get("history")
+    if isinstance(history, dict) and history.get("step"):
+        return {k: history[k] for k in ("step", "lr", *(f for f, _ in CURVES), "phases", "stride")}, ""
+    losses = [float(x) for x in state.get("losses", [])]
+    if not losses:
+        return None, "the checkpoint holds no per-step values"
+    curve = {"step": list(range(1, len(losses) + 1)), "loss": losses, "phases": [], "stride": 1}
+    return curve, "checkpoint written before per-step curves were kept: loss of its last phase only"
+
+
+def _finite(v: list[float]) -> list[float]:
+    return [x for x in v if x is not None and np.isfinite(x)]
+
+
+def curve_rows(curve: dict[str, Any] | None, why: str) -> list[tuple[str, str]]:
+    """(series, what was recorded) in words: points, steps, last and extreme values, or 'not recorded'."""
+    rows = []
+    for key, label in CURVES:
+        vals = _finite((curve or {}).get(key) or [])
+        if not vals:
+            reason = why or ("no MoE layers, or every step skipped" if key != "loss" else "every step skipped")
+            rows.append((label, f"{NOT_RECORDED} ({reason})"))
+            continue
+        steps = curve["step"]
+        every = f", one per {curve['stride']} steps plus phase ends and the last" if curve.get("stride", 1) > 1 else ""
+        rows.append(
+            (
+                label,
+                f"{len(curve[key])} points over steps {steps[0]}-{steps[-1]}{every}; last {vals[-1]:.4g}, "
+                f"min {min(vals):.4g}, max {max(vals):.4g}",
+            )
+        )
+    return rows
+
+
+def pretraining_curves(curve: dict[str, Any] | None, extra: dict[str, list[float]]) -> str:
+    """Loss, MinVio and MaxVio over the checkpoint's steps (phase starts marked), plus the CNN-MAE loss.
+
+    Always drawn: a series the checkpoint did not record is an empty panel that says so.
+    """
     plt = _plt()
-    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 2.8), squeeze=False)
-    for ax, (name, v) in zip(axes[0], series.items(), strict=True):
-        ax.plot(np.arange(1, len(v) + 1), v, lw=0.8)
-        ax.set_title(name, fontsize=8)
+    panels = [(label, key) for key, label in CURVES] + [(name, None) for name, v in extra.items() if v]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
+    for ax, (label, key) in zip(axes[0], panels, strict=True):
+        ax.set_title(label, fontsize=8)
         ax.set_xlabel("step")
+        if key is None:
+            v = extra[label]
+            ax.plot(np.arange(1, len(v) + 1), v, lw=0.8)
+            continue
+        vals = (curve or {}).get(key) or []
+        if not _finite(vals):
+            ax.text(0.5, 0.5, NOT_RECORDED, ha="center", va="center", transform=ax.transAxes, color="0.4")
+            continue
+        ax.plot(curve["step"], vals, lw=0.8)
+        if key != "loss":
+            ax.axhline(1.0, color="0.6", lw=0.6)  # perfect balance
+        for p in curve.get("phases", [])[1:]:
+            ax.axvline(p["start"], color="tab:red", lw=0.6, ls="--")
+            ax.text(p["start"], 1.0, f" {p['phase']}", color="tab:red", fontsize=6, va="top",
+                    transform=ax.get_xaxis_transform())  # fmt: skip
     return _png(fig)
 
 
 def _pretrain_summary(ctx: WarehouseContext) -> dict[str, Any]:
-    """Last pretraining run's load balance (MinVio/MaxVio at its last step: the per-step curve is not stored)."""
+    """Last pretraining run's step count, loss and load balance at its last step (the curves come from
+    the evaluated checkpoint itself, see read_pretraining_curve)."""
     from warehouse.runs import latest_completed_summary
 
     s = latest_completed_summary(ctx.manifest, "pretrain") or {}
@@ -243,14 +300,11 @@ def _pretrain_summary(ctx: WarehouseContext) -> dict[str, Any]:
 
 def write_eval_report(ctx: WarehouseContext, out: EvaluationOutcome, checkpoint: dict[str, Any], preset: str) -> Path:
     ck_path = ctx.abs(checkpoint["path"]) if checkpoint.get("path") else None
+    curve, why = read_pretraining_curve(ck_path)
     images = [
         ("Paired differences (forest plot)", forest_plot(out)),
         ("ROC curves on the test subjects", roc_plots(out)),
         ("Few-shot curves", fewshot_plot(out)),
-        (
-            "Pretraining curves",
-            pretraining_curves(ck_path, {"CNN-MAE loss": out.pretraining.get("cnn_mae_losses", [])}),
-        ),
     ]
     prov = {
         "snapshot evaluated": out.snapshot_id,
@@ -284,6 +338,16 @@ def write_eval_report(ctx: WarehouseContext, out: EvaluationOutcome, checkpoint:
             parts.append(
                 f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>"
             )
+    parts += [
+        "<h2>Pretraining curves (loss, MinVio, MaxVio over steps)</h2>"
+        "<p>MinVio / MaxVio: the least and the most loaded expert's token count over the mean count, per step "
+        "(lowest / highest over the MoE layers; 1 = perfectly balanced routing).</p><table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in curve_rows(curve, why))
+        + "</table>",
+        "<img alt='Pretraining curves' src='data:image/png;base64,"
+        + pretraining_curves(curve, {"CNN-MAE loss": out.pretraining.get("cnn_mae_losses", [])})
+        + "'>",
+    ]
     if out.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in out.notes) + "</ul>")
     parts.append(

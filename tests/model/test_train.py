@@ -75,9 +75,10 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     assert part.steps == 3
     resumed = train(TINY, cfg, dataset(), tmp_path / "b", metadata=META, progress=False)
     assert resumed.losses == straight.losses  # bit-for-bit, including the 3 steps before the restart
-    a = torch.load(straight.checkpoint_path, weights_only=True)["model"]
-    b = torch.load(resumed.checkpoint_path, weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"] == b["history"] and b["history"]["step"] == list(range(1, 7))  # the curve resumes too
 
 
 def test_checkpoint_holds_everything_needed_to_resume_and_trace(tmp_path):
@@ -226,3 +227,20 @@ def test_weights_are_truncated_at_two_absolute_not_two_sigma():
     assert (w.abs() > 0.04).float().mean().item() > 0.03  # ~4.6 % of a normal lies beyond 2 sigma
     experts = model.context_encoder.blocks[1].mlp.w1
     assert experts.std().item() == pytest.approx(0.02, rel=0.03)
+
+
+def test_checkpoint_keeps_the_curve_and_a_cooldown_continues_its_steps(tmp_path):
+    logs: list[dict] = []
+    main = train(TINY, dataclasses.replace(TRAIN, steps=3), dataset(), tmp_path / "main", metadata=META,
+                 log=logs.append, progress=False)  # fmt: skip
+    h = torch.load(main.checkpoint_path, weights_only=True)["history"]
+    assert h["step"] == [1, 2, 3] and h["loss"] == list(main.losses)
+    assert h["lr"] == [r["lr"] for r in logs] and h["maxvio"] == [r["maxvio"] for r in logs]
+    assert h["minvio"][-1] == logs[-1]["minvio"] and h["phases"] == [{"phase": "main", "start": 0}]
+    cool_logs: list[dict] = []
+    cool = cooldown(TINY, dataclasses.replace(TRAIN, cooldown_steps=2), dataset(), tmp_path / "cool",
+                    init_from=main.checkpoint_path, metadata=META, log=cool_logs.append, progress=False)  # fmt: skip
+    c = torch.load(cool.checkpoint_path, weights_only=True)["history"]
+    assert c["step"] == [1, 2, 3, 4, 5] and c["loss"] == [*main.losses, *cool.losses]
+    assert c["lr"][3:] == [r["lr"] for r in cool_logs]
+    assert c["phases"] == [{"phase": "main", "start": 0}, {"phase": "cooldown", "start": 3}]

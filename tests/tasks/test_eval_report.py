@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.context import open_warehouse
-from tasks.eval_report import verdict, write_eval_report
+from tasks.eval_report import NOT_RECORDED, verdict, write_eval_report
 from tasks.evaluation.runner import EvaluationOutcome, TaskResult
 from tasks.evaluation.stats import Estimate
 
@@ -84,3 +84,56 @@ def test_demo_summary_prints_words_not_a_headline_when_n_is_small(capsys):
     print_evaluation({"scores": rows, "verdict": []})
     text = capsys.readouterr().out
     assert "no number is shown" in text and note in text and "AUROC 0." not in text
+
+
+def _outcome() -> EvaluationOutcome:
+    return EvaluationOutcome("ckpt-x", "snap-y", (_task("lesion"),), 1.0, pretraining={"cnn_mae_losses": [1.0, 0.9]})
+
+
+def _checkpoint(tmp_path, state: dict) -> dict:
+    import torch
+
+    (tmp_path / "ck").mkdir()
+    torch.save(state, tmp_path / "ck" / "last.pt")
+    return {"checkpoint_id": "ckpt-x", "snapshot_id": "snap-pool", "path": "ck/last.pt"}
+
+
+def _curves_section(text: str) -> str:
+    start = text.index("<h2>Pretraining curves")
+    return text[start : text.index("<h2>", start + 4) if "<h2>" in text[start + 4 :] else len(text)]
+
+
+def test_report_plots_loss_minvio_and_maxvio_over_the_checkpoint_steps(tmp_path):
+    from model.history import StepHistory
+
+    h = StepHistory(max_points=50)
+    h.start_phase("main")
+    for s in range(1, 121):
+        h.add({"step": s, "loss": 2.0 - s / 100, "lr": 1e-3, "minvio": 0.5 + s / 1000, "maxvio": 1.9 - s / 1000})
+    h.start_phase("cooldown")
+    for s in range(121, 131):
+        h.add({"step": s, "loss": 0.7, "lr": 1e-4, "minvio": 0.75, "maxvio": 1.25})
+    ctx = open_warehouse(tmp_path, run_id="run-rep")
+    ck = _checkpoint(tmp_path, {"losses": [0.7] * 10, "history": h.state_dict()})
+    text = write_eval_report(ctx, _outcome(), ck, "tiny").read_text()
+    section = _curves_section(text)
+    for label in ("JEPA loss", "MinVio (lowest MoE layer)", "MaxVio (highest MoE layer)"):
+        row = next(line for line in section.split("<tr>") if label in line)
+        assert f"{len(h)} points over steps 1-130" in row, row
+    assert "last 0.7," in section and "last 0.75," in section and "last 1.25," in section
+    assert f"one per {h.stride} steps" in section and NOT_RECORDED not in section
+    assert section.count("data:image/png;base64,") == 1
+
+
+def test_report_of_an_old_checkpoint_says_the_balance_was_not_recorded(tmp_path):
+    ctx = open_warehouse(tmp_path, run_id="run-rep")
+    ck = _checkpoint(tmp_path, {"losses": [1.5, 1.2, 1.1]})  # written before per-step curves
+    section = _curves_section(write_eval_report(ctx, _outcome(), ck, "tiny").read_text())
+    loss = next(line for line in section.split("<tr>") if "JEPA loss" in line)
+    assert "3 points over steps 1-3" in loss and "last 1.1," in loss
+    for label in ("MinVio (lowest MoE layer)", "MaxVio (highest MoE layer)"):
+        row = next(line for line in section.split("<tr>") if label in line)
+        assert f"{NOT_RECORDED} (checkpoint written before per-step curves" in row
+    assert "data:image/png;base64," in section
+    gone = write_eval_report(ctx, _outcome(), {"checkpoint_id": "c", "path": "ck/missing.pt"}, "tiny").read_text()
+    assert _curves_section(gone).count(f"{NOT_RECORDED} (no checkpoint file)") == 3

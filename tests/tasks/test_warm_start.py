@@ -59,3 +59,12 @@ def test_from_scratch_and_lineage_rows(runs):
 def test_minvio_maxvio_reach_the_outcome(runs):
     _, first, *_ = runs
     assert first.minvio is not None and first.maxvio is not None and first.maxvio >= first.minvio
+
+
+def test_the_pretraining_curve_runs_through_warm_start_and_cooldown(runs):
+    _, first, warm, scratch, cool, _ = runs
+    h = torch.load(cool.checkpoint_path, map_location="cpu", weights_only=True)["history"]
+    assert h["step"] == [1, 2, 3, 4, 5] and h["loss"] == [*first.losses, *warm.losses, *cool.losses]
+    assert [(p["phase"], p["start"]) for p in h["phases"]] == [("main", 0), ("main", 2), ("cooldown", 4)]
+    assert h["maxvio"][-1] == cool.maxvio and h["minvio"][-1] == cool.minvio
+    assert torch.load(scratch.checkpoint_path, map_location="cpu", weights_only=True)["history"]["step"] == [1, 2]
