@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.augment import AUGMENT_PRESETS, AugmentConfig, augment_batch, bias_field, draw_params, flip_fg
+from model.augment import (
+    AUGMENT_PRESETS,
+    AugmentConfig,
+    augment_batch,
+    bias_field,
+    draw_params,
+    flip_fg,
+    noise_bank,
+    noise_window,
+)
 from tests.model import single_thread
 
 SHAPE = (24, 27, 24)  # small volumes: the operations do not care about the grid, the test runs in seconds
@@ -32,26 +41,35 @@ def test_bias_field_equals_monais_polynomial_field():
         bias_field(coeff, SHAPE, 2)
 
 
-def test_each_operation_equals_the_monai_transform_with_the_same_parameters():
+def boxed_volume() -> torch.Tensor:
+    """[1, X, Y, Z]: the ramp inside a sub-box, exactly 0 around it (an MRI's background)."""
+    out = torch.zeros(1, *SHAPE)
+    out[:, 4:19, 6:20, 3:17] = ramp_volume()[:, 4:19, 6:20, 3:17] + 0.05
+    return out
+
+
+@pytest.mark.parametrize("volume", [ramp_volume, boxed_volume])
+def test_each_operation_equals_the_monai_transform_with_the_same_parameters(volume):
     from monai.transforms import AdjustContrast
 
     cfg = AugmentConfig()
     params = draw_params(cfg, seed=1, positions=[0])
-    image = ramp_volume()
+    image = volume()
     for col in range(4):  # bias, gamma, noise, shift, one at a time
         p = params | {"aug_on": torch.zeros(1, 4, dtype=torch.bool), "aug_flip": torch.zeros(1, 3, dtype=torch.bool)}
         p["aug_on"][0, col] = True
-        got = augment_batch(image[None].clone(), p, cfg)[0]
-        if col == 0:
-            expected = image * bias_field(p["aug_bias"], SHAPE, 3).exp()
-        elif col == 1:
-            expected = AdjustContrast(gamma=float(p["aug_gamma"][0]))(image)
-        elif col == 2:
-            gen = torch.Generator().manual_seed(int(p["aug_noise_seed"][0]))
-            expected = image + torch.empty_like(image).normal_(0.0, float(p["aug_noise_std"][0]), generator=gen)
-        else:
-            expected = image + float(p["aug_shift"][0])
-        torch.testing.assert_close(got, torch.as_tensor(expected), atol=2e-6, rtol=0)
+        for batched in (False, True):
+            got = augment_batch(image[None].clone(), p, cfg, batched=batched)[0]
+            if col == 0:
+                expected = image * bias_field(p["aug_bias"], SHAPE, 3).exp()
+            elif col == 1:
+                expected = AdjustContrast(gamma=float(p["aug_gamma"][0]))(image)
+            elif col == 2:  # the sample's window of the noise bank, scaled by its std
+                window, sign = noise_window(int(p["aug_noise_seed"][0]), image)
+                expected = image + sign * float(p["aug_noise_std"][0]) * window
+            else:
+                expected = image + float(p["aug_shift"][0])
+            torch.testing.assert_close(got, torch.as_tensor(expected), atol=2e-6, rtol=0)
 
 
 def test_batched_and_per_sample_schedules_agree():
@@ -63,6 +81,114 @@ def test_batched_and_per_sample_schedules_agree():
     one_by_one = augment_batch(images.clone(), params, cfg, batched=False)
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=0)
     assert not torch.equal(batched, images)
+
+
+def _volumes() -> dict[str, torch.Tensor]:
+    """Volumes that take each path of the per-sample schedule's bounding boxes."""
+    ramp = ramp_volume()
+    return {
+        "ramp": ramp,  # minimum 0 at one corner only: the box is the whole grid
+        "zero background": boxed_volume(),  # bias and gamma on the box only
+        "raised background": boxed_volume() + 0.2,  # gamma on the box, bias everywhere
+        "negative minimum": ramp - 0.3,
+        "all zero": torch.zeros_like(ramp),
+        "constant": torch.full_like(ramp, 0.5),
+        "one voxel": torch.zeros_like(ramp).index_put_((torch.tensor([0]),) * 4, torch.tensor(0.7)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_volumes()))
+def test_the_bounding_box_path_equals_the_whole_volume_arithmetic(name):
+    """Every combination of augmentations on every kind of background: the boxed per-sample schedule
+    equals the batched one, which runs every operation on every voxel."""
+    cfg = AugmentConfig()
+    image = _volumes()[name]
+    on = torch.tensor([[bool(m >> c & 1) for c in range(4)] for m in range(16)])  # [16, 4] every subset
+    params = draw_params(cfg, seed=4, positions=range(16)) | {"aug_on": on}
+    images = image[None].repeat(16, 1, 1, 1, 1)
+    batched = augment_batch(images.clone(), params, cfg, batched=True)
+    one_by_one = augment_batch(images.clone(), params, cfg, batched=False)
+    torch.testing.assert_close(one_by_one, batched, atol=1e-5, rtol=0)
+
+
+def test_a_sample_does_not_depend_on_its_batch():
+    """Resume and multi-rank runs rely on it: sample k augmented alone equals sample k in a batch."""
+    cfg = AugmentConfig()
+    params = draw_params(cfg, seed=6, positions=range(100, 108))
+    images = torch.stack([ramp_volume(), boxed_volume()] * 4)  # [8, 1, X, Y, Z]
+    for batched in (False, True):
+        whole = augment_batch(images.clone(), params, cfg, batched=batched)
+        for k in (0, 5):
+            alone = augment_batch(images[k : k + 1].clone(), {n: v[k : k + 1] for n, v in params.items()}, cfg)
+            torch.testing.assert_close(alone, whole[k : k + 1], atol=1e-5, rtol=0)
+
+
+def test_the_bias_field_of_a_box_is_the_crop_of_the_whole_field():
+    coeff = torch.rand(2, 20, generator=torch.Generator().manual_seed(1)) * 0.1
+    box = (slice(3, 20), slice(0, 27), slice(5, 6))
+    whole = bias_field(coeff, SHAPE, 3)  # [2, X, Y, Z]
+    torch.testing.assert_close(bias_field(coeff, SHAPE, 3, box), whole[(slice(None), *box)], atol=1e-6, rtol=0)
+
+
+def _noise_of(seeds: list[int], std: float = 0.05) -> torch.Tensor:
+    """[S, X, Y, Z] the noise alone: zero volumes with only the noise drawn, at a fixed std."""
+    n = len(seeds)
+    params = draw_params(AugmentConfig(), seed=0, positions=range(n))
+    on = torch.zeros(n, 4, dtype=torch.bool)
+    on[:, 2] = True
+    params |= {
+        "aug_on": on,
+        "aug_flip": torch.zeros(n, 3, dtype=torch.bool),
+        "aug_noise_std": torch.full((n,), std),
+        "aug_noise_seed": torch.tensor(seeds),
+    }
+    return augment_batch(torch.zeros(n, 1, *SHAPE), params, AugmentConfig())[:, 0]
+
+
+def test_noise_within_a_sample_is_iid_normal_with_the_drawn_std():
+    """The bank window keeps what the old fresh draws gave within a sample: N(0, s^2) marginals and no
+    correlation between voxels (along the flat order, where windows are contiguous, and along each axis)."""
+    from scipy.stats import kstest, norm
+
+    noise = _noise_of([derive(k) for k in range(4)], std=0.05)  # [4, X, Y, Z]
+    n = noise[0].numel()
+    for sample in noise:
+        assert kstest(sample.flatten().numpy(), norm(scale=0.05).cdf).pvalue > 1e-3
+        for lag in (1, 2, 24):
+            flat = sample.flatten()
+            r = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1]
+            assert abs(float(r)) < 5 / np.sqrt(n), lag
+        for axis in range(3):
+            a, b = sample.narrow(axis, 0, SHAPE[axis] - 1), sample.narrow(axis, 1, SHAPE[axis] - 1)
+            assert abs(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])) < 5 / np.sqrt(n)
+
+
+def test_noise_differs_between_samples_and_is_a_function_of_the_seed():
+    seeds = [derive(k) for k in range(6)]
+    noise = _noise_of(seeds).flatten(1)  # [6, N]
+    corr = torch.corrcoef(noise)  # [6, 6]
+    off_diagonal = corr[~torch.eye(6, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 5 / np.sqrt(noise.shape[1])  # overlapping windows, but not aligned
+    assert torch.equal(_noise_of(seeds[::-1]).flatten(1), noise.flip(0))  # the seed decides, not the batch
+    flipped_sign = seeds[0] ^ 1  # the low bit of the seed is the sign, the rest the window's offset
+    torch.testing.assert_close(_noise_of([flipped_sign])[0].flatten(), -noise[0])
+
+
+def test_the_noise_bank_is_fixed_standard_normal():
+    from scipy.stats import kstest
+
+    bank = noise_bank(1000, torch.device("cpu"))
+    noise_bank.cache_clear()
+    assert torch.equal(noise_bank(1000, torch.device("cpu")), bank)  # the same in every process
+    assert kstest(bank.numpy(), "norm").pvalue > 1e-3
+    window, sign = noise_window(12345, torch.zeros(10, 10, 10))
+    assert window.shape == (10, 10, 10) and sign in (-1.0, 1.0)
+
+
+def derive(k: int) -> int:
+    from model.masks import derive_seed
+
+    return derive_seed(0, k, 0x4015E)
 
 
 def test_the_none_preset_changes_nothing():
