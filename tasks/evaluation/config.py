@@ -31,6 +31,9 @@ class EvalConfig:
     finetune_lr: float = 1e-4
     run_attentive: bool = True
     run_fusion: bool = True
+    run_fusion_gated: bool = True  # learned fusion (fusion.py), each only when run_fusion
+    run_fusion_mil: bool = True
+    run_fusion_poe: bool = True
     run_finetune: bool = True
     run_scratch_cnn: bool = True
     run_cnn_mae: bool = True

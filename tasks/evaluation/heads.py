@@ -129,15 +129,18 @@ def select_and_score(
     cfg: EvalConfig,
     attentive: bool = False,
     grid: Sequence[float] | None = None,
+    fit: Callable | None = None,
 ) -> Fitted:
-    """Fit one head per hyper-parameter on train, keep the best on val, score test inputs once."""
+    """Fit one head per hyper-parameter on train, keep the best on val, score test inputs once.
+
+    `fit` replaces `fit_one` (same arguments) for heads defined elsewhere (fusion.py)."""
     metric = METRICS[kind]
     grid = tuple(grid or (cfg.attn_lr_grid if attentive else cfg.wd_grid))
     n_out = _n_out(kind, train[1].get("y"))
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     best: tuple[float, float, Callable] | None = None
     for hp in grid:
-        predict = fit_one(kind, train[0], train[1], hp, cfg, attentive, n_out)
+        predict = (fit or fit_one)(kind, train[0], train[1], hp, cfg, attentive, n_out)
         v = metric_value(metric, val[1], predict(val[0])) if len(val[0]) else float("nan")
         key = sign * v if np.isfinite(v) else -np.inf
         if best is None or key > best[0]:

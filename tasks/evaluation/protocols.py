@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tasks.evaluation import fusion
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.data import EvalCohort, has_target, target_arrays
 from tasks.evaluation.features import FeatureBank
@@ -28,7 +29,7 @@ class TaskSpec:
     kind: str  # binary | multiclass | regression | survival
     target: str  # label column, or "modality"
     modalities: tuple[str, ...]
-    protocol: str  # linear | attentive | fusion_early | fusion_late | finetune | fewshot
+    protocol: str  # linear | attentive | fusion_early | fusion_late | fusion_{gated,mil,poe} | finetune | fewshot
     scheme: str = "random"
     k: int | None = None  # few-shot: positives (and negatives) per class in train
 
@@ -48,6 +49,7 @@ def default_tasks(cohort: EvalCohort, cfg: EvalConfig) -> list[TaskSpec]:
         if cfg.run_fusion and len(mods) > 1:
             tasks.append(TaskSpec("lesion_fusion_early", "binary", "lesion", mods, "fusion_early"))
             tasks.append(TaskSpec("lesion_fusion_late", "binary", "lesion", mods, "fusion_late"))
+            tasks += [TaskSpec(f"lesion_{p}", "binary", "lesion", mods, p) for p in fusion.enabled(cfg)]
         if cfg.run_finetune:
             tasks.append(TaskSpec("lesion_finetune", "binary", "lesion", (lesion_mod,), "finetune"))
         for k in cfg.fewshot_ks:
@@ -131,6 +133,13 @@ def run_frozen(
                     select_and_score(spec.kind, (xs[0], tr.target), (xs[1], va.target), xs[2], cfg).test_scores
                 )
             out[method] = np.mean(per_mod, axis=0)  # averaged logits
+            continue
+        if spec.protocol in fusion.NETWORKS:  # learned fusion over per-modality pooled features [n, M, D]
+            xs = [fusion.stack_modalities(bank.pooled[method], d.rows, spec.modalities) for d in (tr, va, te)]
+            fit = fusion.fitter(spec.protocol)
+            out[method] = select_and_score(
+                spec.kind, (xs[0], tr.target), (xs[1], va.target), xs[2], cfg, fit=fit
+            ).test_scores
             continue
         (x_tr, att), (x_va, _), (x_te, _) = (_inputs(bank, method, d, spec) for d in (tr, va, te))
         out[method] = select_and_score(

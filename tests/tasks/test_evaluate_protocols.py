@@ -91,6 +91,7 @@ def test_random_init_encoder_is_independent_of_the_pretraining_init(state):
 def test_every_protocol_runs_and_scores_every_test_subject(state):
     specs = default_tasks(state.cohort, state.cfg)
     assert {s.protocol for s in specs} >= {"linear", "attentive", "fusion_early", "fusion_late", "finetune", "fewshot"}
+    assert {s.protocol for s in specs} >= {"fusion_gated", "fusion_mil", "fusion_poe"}
     assert {s.kind for s in specs} == {"binary", "multiclass", "regression", "survival"}
     results = [run_protocol(state, s) for s in specs]
     out = finish(state, results)
@@ -127,6 +128,28 @@ def test_selection_never_reads_test_labels(state):
             state.cohort.targets[s].update(saved[s])
     for m in before.curves["scores"]:
         np.testing.assert_allclose(before.curves["scores"][m], after.curves["scores"][m])
+    assert before.curves["target"]["y"] != after.curves["target"]["y"]
+
+
+@pytest.mark.parametrize("protocol", ["fusion_gated", "fusion_mil", "fusion_poe"])
+def test_learned_fusion_scores_every_method_and_never_reads_test_labels(state, protocol):
+    """As above for each learned fusion over T1w + FLAIR: every method (baselines too) scores each test subject."""
+    spec = TaskSpec(f"lesion_{protocol}", "binary", "lesion", ("T1w", "FLAIR"), protocol)
+    before = run_protocol(state, spec)
+    test = state.cohort.subjects("random", "test", spec.modalities)
+    assert before.protocol == protocol and before.n_test == len(test)
+    assert set(before.curves["scores"]) == {"pretrained", "random_init", "handcrafted", "cnn_mae", "scratch_cnn"}
+    saved = {s: dict(state.cohort.targets[s]) for s in test}
+    try:
+        for s in test:
+            state.cohort.targets[s]["lesion"] = 1 - saved[s]["lesion"]
+        after = run_protocol(state, spec)
+    finally:
+        for s in test:
+            state.cohort.targets[s].update(saved[s])
+    for m, scores in before.curves["scores"].items():
+        assert len(scores) == len(test) and np.isfinite(scores).all()
+        np.testing.assert_allclose(scores, after.curves["scores"][m])
     assert before.curves["target"]["y"] != after.curves["target"]["y"]
 
 

@@ -1,0 +1,184 @@
+"""Learned fusion of a subject's modalities: gated late fusion, gated-attention MIL, product of experts.
+
+Why beside early concatenation and averaged logits (protocols.py): those weigh every modality alike,
+or leave the weighing to one linear head over the concatenation. These three learn per subject how
+much each modality counts, in three ways the literature compares:
+
+- `fusion_gated`: one linear expert per modality gives logits; a softmax gate computed from all the
+  modalities' embeddings mixes them. At initialisation the gate is uniform: averaged logits.
+- `fusion_mil`: gated-attention multiple-instance pooling (Ilse, Tomczak & Welling, ICML 2018): the
+  modalities are the instances of a bag; a shared embedding, attention weights from
+  w^T (tanh(V h) * sigmoid(U h)), softmax over modalities, a linear head on the weighted sum.
+- `fusion_poe`: product of Gaussian experts (as in multimodal VAEs): each modality gives a mean and
+  a log-variance over a small latent; with a unit-Gaussian prior expert their product has precision
+  1 + sum of precisions and a precision-weighted mean, which a linear head reads. An unsure modality
+  (low precision) counts for little, subject by subject. (Summing independently fitted logits, the
+  other reading of "product of experts", ranks subjects exactly like averaged logits, so it would add
+  nothing to `fusion_late`.)
+
+All three read every method's frozen pooled features per modality, [N, M, D] (pretrained, random
+init, handcrafted, CNN-MAE alike), are small (thousands of parameters), and are trained full batch by
+AdamW with an L2 penalty whose strength comes from cfg.wd_grid (the linear heads' grid, same scale)
+and is chosen on val by heads.select_and_score, which never receives test targets.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.heads import _scores, _torch_target
+
+EPOCHS = 200  # full-batch AdamW steps
+LR = 1e-2
+HIDDEN = 32  # MIL instance embedding
+ATTENTION = 16  # MIL attention width (L in Ilse et al.)
+LATENT = 16  # PoE latent
+
+
+class GatedLateFusion(nn.Module):
+    """x [N, M, D] -> [N, n_out] = sum_m gate_m(x) * expert_m(x_m), gate = softmax over M."""
+
+    def __init__(self, n_mod: int, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.experts = nn.Parameter(torch.randn(n_mod, dim, n_out) * 0.01)
+        self.expert_bias = nn.Parameter(torch.zeros(n_mod, n_out))
+        self.gate = nn.Linear(n_mod * dim, n_mod)
+        nn.init.zeros_(self.gate.weight)  # uniform gate at the start: averaged logits
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per = torch.einsum("nmd,mdo->nmo", x, self.experts) + self.expert_bias  # [N, M, n_out]
+        g = self.gate(x.flatten(1)).softmax(dim=-1)  # [N, M]
+        return (g[..., None] * per).sum(dim=1)
+
+
+class GatedAttentionMIL(nn.Module):
+    """Modalities as instances: x [N, M, D] -> [N, n_out] through gated attention pooling."""
+
+    def __init__(self, n_mod: int, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(dim, HIDDEN), nn.ReLU())
+        self.V, self.U = nn.Linear(HIDDEN, ATTENTION), nn.Linear(HIDDEN, ATTENTION)
+        self.w = nn.Linear(ATTENTION, 1)
+        self.head = nn.Linear(HIDDEN, n_out)
+
+    def attention(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, M, H] -> weights [N, M] summing to 1 over the modalities."""
+        return self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))[..., 0].softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)  # [N, M, H]
+        return self.head((self.attention(h)[..., None] * h).sum(dim=1))
+
+
+class ProductOfExperts(nn.Module):
+    """Per-modality Gaussian experts over a latent, multiplied with a N(0, I) prior: x [N, M, D] -> [N, n_out]."""
+
+    def __init__(self, n_mod: int, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.randn(n_mod, dim, LATENT) * dim**-0.5)
+        self.mu_bias = nn.Parameter(torch.zeros(n_mod, LATENT))
+        self.logvar = nn.Parameter(torch.zeros(n_mod, dim, LATENT))  # every expert equally sure at the start
+        self.logvar_bias = nn.Parameter(torch.zeros(n_mod, LATENT))
+        self.head = nn.Linear(LATENT, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = torch.einsum("nmd,mdk->nmk", x, self.mu) + self.mu_bias  # [N, M, K]
+        logvar = (torch.einsum("nmd,mdk->nmk", x, self.logvar) + self.logvar_bias).clamp(-6.0, 6.0)
+        precision = torch.exp(-logvar)  # [N, M, K]
+        fused = (mu * precision).sum(dim=1) / (1.0 + precision.sum(dim=1))  # prior: mean 0, precision 1
+        return self.head(fused)
+
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "fusion_gated": GatedLateFusion,
+    "fusion_mil": GatedAttentionMIL,
+    "fusion_poe": ProductOfExperts,
+}
+
+
+def enabled(cfg: EvalConfig) -> list[str]:
+    """The learned fusion protocols this preset runs (each switched by its own EvalConfig field)."""
+    flags = {"fusion_gated": cfg.run_fusion_gated, "fusion_mil": cfg.run_fusion_mil, "fusion_poe": cfg.run_fusion_poe}
+    return [p for p, on in flags.items() if on]
+
+
+def stack_modalities(pooled: torch.Tensor, rows: dict[str, torch.Tensor], modalities: tuple[str, ...]) -> torch.Tensor:
+    """One method's pooled features of each subject's modalities: bank [V, D] -> [N, M, D]."""
+    return torch.stack([pooled[rows[m]].float() for m in modalities], dim=1)
+
+
+class _Standardized(nn.Module):
+    """Training statistics per modality (gated, PoE: one expert per modality) or shared across the
+    modalities (MIL: instances in one embedding space, so a modality's offset stays visible)."""
+
+    def __init__(self, x: torch.Tensor, inner: nn.Module, per_modality: bool) -> None:
+        super().__init__()
+        flat = x if per_modality else x.reshape(-1, x.shape[-1])  # [N, M, D] or [N*M, D]
+        std = flat.std(dim=0) if len(flat) > 1 else torch.ones_like(flat[0])
+        self.register_buffer("mean", flat.mean(dim=0))  # [M, D] or [D]
+        self.register_buffer("std", std.clamp_min(1e-6))
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner((x.float() - self.mean) / self.std)
+
+
+@contextmanager
+def _one_thread():
+    """These networks are tiny: on a shared 2-core machine the intra-op threads of each op cost far more
+    than they save (measured 0.3 s vs 19 s per fit under load), so train on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fitter(protocol: str):
+    """A `fit` for heads.select_and_score: (kind, x [N, M, D], target, L2 strength, cfg, _, n_out) -> predict."""
+    if protocol not in NETWORKS:
+        raise ValueError(f"unknown fusion protocol {protocol!r}; valid: {', '.join(NETWORKS)}")
+
+    def fit(kind: str, x: torch.Tensor, target: dict[str, np.ndarray], hp: float, cfg: EvalConfig, _att, n_out: int):
+        from model import heads
+
+        if x.ndim != 3:
+            raise ValueError(f"{protocol} needs per-modality features [N, M, D], got shape {tuple(x.shape)}")
+        x = x.float()
+        t = _torch_target(kind, target)
+        y_mean, y_std = 0.0, 1.0
+        if kind == "regression":  # fit standardised targets, report in the original unit
+            y_mean, y_std = float(t.float().mean()), float(t.float().std().clamp_min(1e-6)) if len(t) > 1 else 1.0
+            t = (t.float() - y_mean) / y_std
+        base = {
+            "binary": heads.binary_loss,
+            "multiclass": heads.multiclass_loss,
+            "regression": heads.regression_loss,
+            "survival": heads.cox_loss,
+        }[kind]
+        torch.manual_seed(cfg.seed)
+        net = NETWORKS[protocol](x.shape[1], x.shape[2], n_out)
+        model = _Standardized(x, net, per_modality=protocol != "fusion_mil")
+        weights = [p for p in net.parameters() if p.ndim >= 2]
+        scale = hp / (2 * max(len(x), 1))  # the linear heads' 1/C scale: loss + ||w||^2 / (2 C n)
+
+        def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return base(out, y) + scale * sum((w**2).sum() for w in weights)
+
+        with _one_thread():
+            heads.fit_head(model, x, t, loss, epochs=EPOCHS, lr=LR, weight_decay=0.0, batch_size=None, seed=cfg.seed)
+
+        def predict(z: torch.Tensor) -> np.ndarray:
+            s = _scores(kind, heads.predict(model, z.float()))
+            return s * y_std + y_mean if kind == "regression" else s
+
+        return predict
+
+    return fit
