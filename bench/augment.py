@@ -4,7 +4,11 @@ Both start from the same prepared volumes (grid-fitted, percentile-scaled, 96x10
 same augmentations with the same distributions: flips on each axis, bias field, gamma, Gaussian
 noise, intensity shift. Neither side includes reading, scaling or the foreground map (the loader
 worker does those once per sample either way). Rounds alternate between the two on the same thread
-count so both see the same background load; the ratio is of the medians.
+count so both see the same background load; the ratio is of the medians. On a shared machine
+the wall-clock rates move with other people's load (printed, as the 1-minute load average before
+and after); the rates per CPU-second of this process are printed too, as a steadier second view.
+The per-sample CPU schedule of augment_batch uses one intra-op thread whatever torch's setting
+(model/augment.py says why); MONAI runs on the thread count given.
 
 Usage:
     .venv/bin/python bench/augment.py                       # CPU, torch's default thread count
@@ -16,6 +20,7 @@ Goal on CPU: >= 10x the samples/s of the MONAI pipeline.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -63,33 +68,37 @@ def main() -> None:
     batch = torch.stack([volumes[i % 4] for i in range(args.batch)]).to(device)  # [B, 1, X, Y, Z]
     cfg, monai = AugmentConfig(), monai_pipeline()
 
-    def batched(r: int) -> float:
+    def batched(r: int) -> tuple[float, float]:
         params = draw_params(cfg, seed=0, positions=range(r * args.batch, (r + 1) * args.batch))
         images = batch.clone()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         augment_batch(images, params, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    def per_sample(r: int) -> float:
-        t0 = time.perf_counter()
+    def per_sample(r: int) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(args.batch):
             monai(volumes[i % 4], r * args.batch + i)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    batched(0), per_sample(0)  # warm-up: imports, allocator, MONAI's lazy set-up
+    batched(0), per_sample(0)  # warm-up: imports, allocator, MONAI's lazy set-up, the noise bank
+    load_before = os.getloadavg()[0]
     new, old = [], []
     for r in range(1, args.rounds + 1):
         new.append(batched(r))
         old.append(per_sample(r))
-    new_rate, old_rate = args.batch / statistics.median(new), args.batch / statistics.median(old)
+    load_after = os.getloadavg()[0]
+    new_rate, old_rate = (args.batch / statistics.median(t for t, _ in runs) for runs in (new, old))
+    new_cpu, old_cpu = (args.batch / statistics.median(c for _, c in runs) for runs in (new, old))
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {args.rounds} rounds, volumes 96x108x96")
-    print(f"per-sample MONAI (CPU)        : {old_rate:8.1f} samples/s")
-    print(f"batched augment_batch ({device.type:4}) : {new_rate:8.1f} samples/s")
-    print(f"ratio: {new_rate / old_rate:.1f}x (goal on CPU >= 10x)")
+    print(f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} CPUs")
+    print(f"per-sample MONAI (CPU)        : {old_rate:8.1f} samples/s  ({old_cpu:7.1f} per CPU-second)")
+    print(f"batched augment_batch ({device.type:4}) : {new_rate:8.1f} samples/s  ({new_cpu:7.1f} per CPU-second)")
+    print(f"ratio: {new_rate / old_rate:.1f}x (goal on CPU >= 10x); per CPU-second {new_cpu / old_cpu:.1f}x")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ _BIAS, _GAMMA, _NOISE, _SHIFT = range(4)  # columns of aug_on
 _PARAM_STREAM, _NOISE_STREAM = 0xA06, 0x4015E
 _BANK_SEED, _BANK_VOLUMES = 0xB4A4C, 4  # the noise bank: its seed and its length in volumes
 _LOG2_E = 1.0 / math.log(2.0)
-_TINY = 2.0**-100  # floor of (x - min) before log2 in the gamma curve, see _gamma_one
+_ROW_BLOCK = 32  # voxels per vectorised block of a row in torch's CPU kernels (AVX-512: 2 x 16 floats)
 
 
 def draw_params(cfg: AugmentConfig, seed: int, positions: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -109,6 +109,12 @@ def augment_batch(
     over its voxels as the drawn augmentations allow and no work for skipped samples (what a CPU
     wants). Default: batched on CUDA. Noise is added per sample in both (its window differs per sample).
 
+    The per-sample schedule runs on one intra-op thread. Each of its ~10 full-volume ops per sample
+    is an OpenMP region that ends in a barrier; on a shared machine a barrier waits for the other
+    thread's next time slice, and on this project's 2-core box under load, 2 threads gave 10
+    samples/s where 1 gave 190 (bench/augment.py). A 4 MB volume leaves little for a second thread
+    to win: the ops are short and mostly in cache.
+
     Args:
         images: [B, C, X, Y, Z] float32 in [0, 1], on the training device (modified in place and returned).
         params: `draw_params` output, on the CPU (control flow reads it without a device sync).
@@ -121,8 +127,13 @@ def augment_batch(
     if batched is None:
         batched = images.device.type == "cuda"
     if not batched:
-        for b, sample in enumerate(_Sample.of_batch(params)):
-            _augment_one(images[b], sample, cfg.bias_degree)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # see the docstring
+        try:
+            for b, sample in enumerate(_Sample.of_batch(params)):
+                _augment_one(images[b], sample, cfg.bias_degree)
+        finally:
+            torch.set_num_threads(threads)
         return images
     on = params["aug_on"]
     _flip_batched(images, params["aug_flip"])
@@ -164,30 +175,34 @@ class _Sample(NamedTuple):
 def _augment_one(x: torch.Tensor, p: _Sample, degree: int) -> None:
     """One sample [C, X, Y, Z] in place: flip, bias, gamma, noise, shift, in as few voxel passes as possible.
 
-    Two economies that leave the arithmetic unchanged: a drawn flip makes a copy (`work`) that the
-    last pass (noise or shift, when drawn) writes back into `x`; and the bias field and the gamma
-    curve run only on the bounding box of the voxels they can change. A voxel at 0 stays 0 under any
-    bias field and a voxel at the minimum stays the minimum under any gamma, and most of an MRI
-    volume is background at exactly 0 (a brain's box is about a third of the grid).
+    Economies that leave the arithmetic unchanged: a drawn flip makes a copy (`work`) that the last
+    pass (noise or shift, when drawn) writes back into `x`; the bias field and the gamma curve run
+    only on the bounding box of the voxels they can change (a voxel at 0 stays 0 under any bias
+    field and a voxel at the minimum stays the minimum under any gamma; a masked or padded volume
+    is mostly background at exactly 0); and bias then gamma run together in the log domain.
     """
     bias, gamma, noise, shift = p.on
     dims = [1 + d for d, flip in enumerate(p.flip) if flip]
     work = x.flip(dims) if dims else x  # [C, X, Y, Z]
     if bias or gamma:
-        low = float(work.amin())
-        high, box = _extent(work, low)  # every voxel outside `box` equals `low` (None: every voxel does)
+        low, high = (float(v) for v in torch.aminmax(work))
+        box = _box(work, low, high)  # every voxel outside `box` equals `low` (None: every voxel does)
         if bias and low != 0.0:  # a bias field moves every voxel but the zeros
             box = (slice(None),) * 4
-        if bias and box is not None:
+        if box is not None:
             region = work[box]  # [C, x, y, z]
-            coeff = p.bias.to(x.device) * _LOG2_E  # [1, T]; exp(f) = 2^(f log2 e), and exp2 is ~3x cheaper
-            region.mul_(bias_field(coeff, x.shape[1:], degree, box[1:]).exp2_())
-            if gamma:  # the curve normalises by the biased extremes
-                low, high = (float(v) for v in torch.aminmax(region))
-                if region.numel() < work.numel():  # the zeros outside are still there, still the minimum
-                    low, high = min(low, 0.0), max(high, 0.0)
-        if gamma and box is not None and high > low:
-            _gamma_inplace(work[box], low, high, p.gamma)
+            log2_field = None  # [1, x, y, z]; exp(f) = 2^(f log2 e), and exp2 is ~3x cheaper than exp
+            if bias:
+                log2_field = bias_field(p.bias.to(x.device) * _LOG2_E, x.shape[1:], degree, box[1:])
+            if log2_field is not None and gamma and low == 0.0:
+                _biased_gamma_inplace(region, log2_field, p.gamma)
+            else:
+                if log2_field is not None:
+                    region.mul_(log2_field.exp2_())
+                if log2_field is not None and gamma:  # the curve normalises by the biased extremes
+                    low, high = (float(v) for v in torch.aminmax(region))  # (the box is the whole grid)
+                if gamma and high > low:
+                    _gamma_inplace(region, low, high, p.gamma)
     if noise:
         window, sign = noise_window(p.noise_seed, x)
         torch.add(work, window, alpha=sign * p.noise_std, out=x)
@@ -202,38 +217,71 @@ def _gamma_inplace(x: torch.Tensor, low: float, high: float, gamma: float) -> No
     """x = ((x - low) / (span + 1e-7)) ** gamma * span + low, computed as 2^(gamma log2(x - low) + c) + low.
 
     One log2 and one exp2 instead of pow (~5x slower per voxel on CPU), the normalisation and the
-    rescale folded into the constant c. x - low is clamped to 2^-100 first: log2 of an exact 0 takes
-    a scalar slow path ~15x slower than the vector one, and the clamp moves those voxels by at most
-    span^(1-g) 2^(-100 g) < 1e-18.
+    rescale folded into the constant c. x - low is clamped to `_gamma_floor(gamma)` first: log2 of
+    an exact 0 takes a scalar slow path ~15x slower than the vector one.
     """
     span = high - low
     const = math.log2(span) - gamma * math.log2(span + 1e-7)
     if low:
         x.sub_(low)
-    x.clamp_min_(_TINY).log2_()
+    x.clamp_min_(_gamma_floor(gamma)).log2_()
     torch.add(torch.tensor(const, device=x.device), x, alpha=gamma, out=x).exp2_()
     if low:
         x.add_(low)
 
 
-def _extent(x: torch.Tensor, low: float) -> tuple[float, tuple[slice, ...] | None]:
-    """(maximum, index of the bounding box of the voxels above `low`) of x [C, X, Y, Z] whose minimum is `low`.
+def _biased_gamma_inplace(x: torch.Tensor, log2_field: torch.Tensor, gamma: float) -> None:
+    """x = the gamma curve of x * 2^log2_field, for x >= 0 with a 0 among its voxels or just outside.
 
-    Two max-reductions of x seen as [C*X, Y*Z], across rows and along them (~0.1 ms per 96x108x96
-    volume each; torch's per-axis reductions over the other layouts cost 10-30x more on CPU).
-    The box is None when every voxel equals `low`.
+    Bias then gamma in the log domain: log2(x 2^f) = log2(x) + f, so the field is added, never
+    exponentiated or multiplied (a third fewer passes than `mul_` + `_gamma_inplace`). The minimum
+    stays 0, so the curve is 2^(g log2(x 2^f) + c) with c from the maximum, 2^max(log2(x) + f).
     """
+    x.clamp_min_(_gamma_floor(gamma)).log2_().add_(log2_field)  # log2 of the biased voxels
+    top = float(x.amax())  # log2 of the biased maximum (> 0 voxels exist: the box is not empty)
+    const = top - gamma * math.log2(2.0**top + 1e-7)
+    torch.add(torch.tensor(const, device=x.device), x, alpha=gamma, out=x).exp2_()
+
+
+def _gamma_floor(gamma: float | torch.Tensor) -> float | torch.Tensor:
+    """Smallest x - min the gamma curve sees: 2^max(-126, -100/g).
+
+    A normal float (log2 of a subnormal is ~40x slower), and small enough that the curve's value
+    there, ~2^-100 times span^(1-g), is a normal float too (exp2 is ~2.3x slower when its result
+    is subnormal): both measured on this CPU. The clamp moves the minimum's voxels by that value,
+    < 1e-22 for g >= 0.6.
+    """
+    if isinstance(gamma, torch.Tensor):
+        return torch.exp2(torch.clamp(-100.0 / gamma, min=-126.0))
+    return 2.0 ** max(-126.0, -100.0 / gamma)
+
+
+def _box(x: torch.Tensor, low: float, high: float) -> tuple[slice, ...] | None:
+    """Index of the bounding box of the voxels of x [C, X, Y, Z] above its minimum `low`; None if none are.
+
+    A volume with no background at its corners is its own box (no pass). Otherwise two
+    max-reductions of x seen as [C*X, Y*Z], across rows and along them (~0.1 ms per 96x108x96
+    volume each; torch's per-axis reductions over the other layouts cost 10-30x more on CPU).
+    The Z extent (the contiguous rows) is widened to a multiple of _ROW_BLOCK voxels: torch's CPU
+    kernels run a row in blocks of two 16-float vectors and the remainder one voxel at a time,
+    which made exp2 over 58-voxel rows 3.5x slower per voxel than over 64-voxel rows.
+    """
+    if not high > low:
+        return None
+    corners = x[(slice(None), *(slice(None, None, max(1, n - 1)) for n in x.shape[1:]))]  # [C, 2, 2, 2]
+    if float(corners.amin()) > low:
+        return (slice(None),) * 4
     planes = x.reshape(x.shape[0] * x.shape[1], -1)  # [C*X, Y*Z]
     yz = planes.amax(0).view(x.shape[2:])  # [Y, Z]
-    lines = [planes.amax(1).view(x.shape[:2]).amax(0).tolist(), yz.amax(1).tolist(), yz.amax(0).tolist()]
-    high = max(lines[0])
-    if not high > low:
-        return high, None
     box = [slice(None)]
-    for line in lines:  # X, Y, Z
-        above = [i for i, v in enumerate(line) if v > low]
+    for line in (planes.amax(1).view(x.shape[:2]).amax(0), yz.amax(1), yz.amax(0)):  # [X], [Y], [Z]
+        above = [i for i, v in enumerate(line.tolist()) if v > low]
         box.append(slice(above[0], above[-1] + 1))
-    return high, tuple(box)
+    z0, z1, depth = box[3].start, box[3].stop, x.shape[3]
+    width = min(depth, -(-(z1 - z0) // _ROW_BLOCK) * _ROW_BLOCK)  # whole blocks, still inside the grid
+    z0 = min(z0, depth - width)
+    box[3] = slice(z0, z0 + width)
+    return tuple(box)
 
 
 @functools.lru_cache(maxsize=4)
@@ -281,7 +329,7 @@ def _bias_batched(images: torch.Tensor, params: dict[str, torch.Tensor], degree:
 
 
 def _gamma_batched(images: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
-    """`_gamma_one` for the whole batch; skipped samples are kept bit for bit by a final select."""
+    """`_gamma_inplace` for the whole batch; skipped samples are kept bit for bit by a final select."""
     on = params["aug_on"][:, _GAMMA]
     if not bool(on.any()):
         return
@@ -290,7 +338,7 @@ def _gamma_batched(images: torch.Tensor, params: dict[str, torch.Tensor]) -> Non
     low, span = low.view(shape), (high - low).view(shape).double()
     gamma = params["aug_gamma"].to(images.device, non_blocking=True).view(shape)
     const = (span.log2() - gamma * (span + 1e-7).log2()).float()  # -inf for a constant volume: 2^-inf + low = low
-    curved = (images - low).clamp_min_(_TINY).log2_().mul_(gamma).add_(const).exp2_().add_(low)
+    curved = (images - low).clamp_min_(_gamma_floor(gamma)).log2_().mul_(gamma).add_(const).exp2_().add_(low)
     keep = on.to(images.device, non_blocking=True).view(shape)
     torch.where(keep, curved, images, out=images)
 

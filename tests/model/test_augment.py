@@ -111,6 +111,26 @@ def test_the_bounding_box_path_equals_the_whole_volume_arithmetic(name):
     torch.testing.assert_close(one_by_one, batched, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("z", [(37, 50), (70, 79), (0, 80)])
+def test_boxes_widened_to_whole_row_blocks_keep_the_arithmetic(z):
+    """Rows longer than a vector block (32 voxels): the box's Z extent is widened, at the grid's end too."""
+    cfg = AugmentConfig()
+    image = torch.zeros(1, 6, 7, 80)
+    image[:, 1:5, 2:6, slice(*z)] = torch.rand(1, 4, 4, z[1] - z[0], generator=torch.Generator().manual_seed(2))
+    on = torch.tensor([[bool(m >> c & 1) for c in range(4)] for m in range(16)])
+    params = draw_params(cfg, seed=5, positions=range(16)) | {"aug_on": on}
+    images = image[None].repeat(16, 1, 1, 1, 1)
+    batched = augment_batch(images.clone(), params, cfg, batched=True)
+    torch.testing.assert_close(augment_batch(images.clone(), params, cfg, batched=False), batched, atol=1e-5, rtol=0)
+
+
+def test_the_cpu_schedule_leaves_the_thread_count_as_it_was():
+    threads = torch.get_num_threads()
+    cfg = AugmentConfig()
+    augment_batch(ramp_volume()[None].repeat(2, 1, 1, 1, 1), draw_params(cfg, 0, [0, 1]), cfg, batched=False)
+    assert torch.get_num_threads() == threads
+
+
 def test_a_sample_does_not_depend_on_its_batch():
     """Resume and multi-rank runs rely on it: sample k augmented alone equals sample k in a batch."""
     cfg = AugmentConfig()
