@@ -6,9 +6,10 @@ noise, intensity shift. Neither side includes reading, scaling or the foreground
 worker does those once per sample either way). Rounds alternate between the two on the same thread
 count so both see the same background load; the ratio is of the medians. On a shared machine
 the wall-clock rates move with other people's load (printed, as the 1-minute load average before
-and after); the rates per CPU-second of this process are printed too, as a steadier second view.
-The per-sample CPU schedule of augment_batch uses one intra-op thread whatever torch's setting
-(model/augment.py says why); MONAI runs on the thread count given.
+and after); the rates per CPU-second of this process are printed too, as a steadier second view
+(with more than one thread they count OpenMP's spin-waiting as well).
+With more than one torch thread, augment_batch's CPU schedule spreads the samples over the threads,
+one intra-op thread each (model/augment.py says why); MONAI's ops split over the threads as usual.
 
 Usage:
     .venv/bin/python bench/augment.py                       # CPU, torch's default thread count

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -109,11 +111,12 @@ def augment_batch(
     over its voxels as the drawn augmentations allow and no work for skipped samples (what a CPU
     wants). Default: batched on CUDA. Noise is added per sample in both (its window differs per sample).
 
-    The per-sample schedule runs on one intra-op thread. Each of its ~10 full-volume ops per sample
-    is an OpenMP region that ends in a barrier; on a shared machine a barrier waits for the other
-    thread's next time slice, and on this project's 2-core box under load, 2 threads gave 10
-    samples/s where 1 gave 190 (bench/augment.py). A 4 MB volume leaves little for a second thread
-    to win: the ops are short and mostly in cache.
+    The per-sample schedule spreads the samples over torch's thread count, each sample on one
+    thread with one intra-op thread. Splitting each op instead made each of its ~10 full-volume ops
+    per sample an OpenMP region ending in a barrier; on a shared machine a barrier waits for the
+    other thread's next time slice, and on this project's 2-core box under load 2 intra-op threads
+    gave 10 samples/s where 1 gave 190 (bench/augment.py). Per sample there is nothing to wait for
+    but the batch's end, and a sample's result does not depend on the thread that computed it.
 
     Args:
         images: [B, C, X, Y, Z] float32 in [0, 1], on the training device (modified in place and returned).
@@ -127,11 +130,18 @@ def augment_batch(
     if batched is None:
         batched = images.device.type == "cuda"
     if not batched:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # see the docstring
+        samples, threads = _Sample.of_batch(params), torch.get_num_threads()
+        torch.set_num_threads(1)  # see the docstring; threads that start now start with one as well
+
+        def one(b: int) -> None:
+            _augment_one(images[b], samples[b], cfg.bias_degree)
+
         try:
-            for b, sample in enumerate(_Sample.of_batch(params)):
-                _augment_one(images[b], sample, cfg.bias_degree)
+            if threads > 1 and len(samples) > 1:
+                list(_sample_pool(os.getpid(), threads).map(one, range(len(samples))))
+            else:
+                for b in range(len(samples)):
+                    one(b)
         finally:
             torch.set_num_threads(threads)
         return images
@@ -146,6 +156,12 @@ def augment_batch(
         shift = torch.where(on[:, _SHIFT], params["aug_shift"], torch.zeros_like(params["aug_shift"]))  # [B]
         images += shift.to(images.device, non_blocking=True).view(-1, *([1] * (images.dim() - 1)))
     return images
+
+
+@functools.lru_cache(maxsize=4)
+def _sample_pool(pid: int, workers: int) -> ThreadPoolExecutor:
+    """Threads for the per-sample schedule; keyed by process id, since a forked child has none of its parent's."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="augment")
 
 
 class _Sample(NamedTuple):

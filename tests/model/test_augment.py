@@ -124,11 +124,22 @@ def test_boxes_widened_to_whole_row_blocks_keep_the_arithmetic(z):
     torch.testing.assert_close(augment_batch(images.clone(), params, cfg, batched=False), batched, atol=1e-5, rtol=0)
 
 
-def test_the_cpu_schedule_leaves_the_thread_count_as_it_was():
-    threads = torch.get_num_threads()
+def test_the_cpu_schedule_gives_the_same_samples_on_any_thread_count_and_restores_it():
+    """Samples spread over threads (one intra-op thread each) or run in turn: the same bits."""
     cfg = AugmentConfig()
-    augment_batch(ramp_volume()[None].repeat(2, 1, 1, 1, 1), draw_params(cfg, 0, [0, 1]), cfg, batched=False)
-    assert torch.get_num_threads() == threads
+    params = draw_params(cfg, 0, range(6))
+    images = torch.stack([ramp_volume(), boxed_volume()] * 3)  # [6, 1, X, Y, Z]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        spread = augment_batch(images.clone(), params, cfg, batched=False)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        in_turn = augment_batch(images.clone(), params, cfg, batched=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(spread, in_turn) and not torch.equal(spread, images)
 
 
 def test_a_sample_does_not_depend_on_its_batch():
