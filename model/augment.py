@@ -1,6 +1,6 @@
 """Batched random augmentation on the training device, with the distributions of the old MONAI pipeline.
 
-The per-sample MONAI pipeline (model/data.py, `VolumeDataset(train=True)`) gives ~20-30 samples/s
+The per-sample MONAI pipeline (model/data.py, `VolumeDataset(train=True)`) gives ~20-50 samples/s
 per CPU core, mostly Gaussian noise and the float64 bias field; the `base` preset needs ~550
 samples/s per GPU. So the work is split in two:
     loader worker (CPU): `draw_params` draws every random number of a sample from (seed, stream
@@ -8,7 +8,7 @@ samples/s per GPU. So the work is split in two:
         so the masks are drawn for the anatomy the model will see;
     training device: `augment_batch` applies them: flips, bias field, gamma, Gaussian noise,
         intensity shift, as batched tensor ops on a GPU or a few in-place passes per sample on a CPU
-        (bench/augment.py: >= 10x the MONAI pipeline's samples/s on the same CPU threads).
+        (bench/augment.py compares the two on the same CPU threads; the goal is >= 10x).
 Because every parameter (including the seed of each sample's noise) is a pure function of the
 sample's stream position, an augmented sample does not depend on the batch it shares, the rank
 that holds it or the DataLoader worker that read it: resume stays exact and a 2-rank run sees the
@@ -304,9 +304,9 @@ def _box(x: torch.Tensor, low: float, high: float) -> tuple[slice, ...] | None:
 def noise_bank(numel: int, device: torch.device) -> torch.Tensor:
     """[_BANK_VOLUMES * numel] standard normals from a fixed seed, drawn on the CPU (the same on every device).
 
-    Drawing a fresh N(0, 1) per voxel cost ~6-10 ms per 96x108x96 volume on one CPU core, more than
+    Drawing a fresh N(0, 1) per voxel cost ~4-10 ms per 96x108x96 volume on one CPU core, more than
     every other augmentation together; a sample's noise is instead a window of this bank
-    (`noise_window`), drawn once per process and device (~30 ms, 16 MB for that grid).
+    (`noise_window`), drawn once per process and device (~20 ms, 15 MiB for that grid).
     """
     gen = torch.Generator().manual_seed(_BANK_SEED)
     return torch.randn(_BANK_VOLUMES * numel, generator=gen).to(device)
