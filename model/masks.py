@@ -55,10 +55,14 @@ def foreground_patches(images: torch.Tensor, patch: int, voxel_fraction: float =
     Returns:
         Bool tensor [B, N] in the token order of the encoder.
     """
-    vol = images.detach().abs().amax(dim=1).float()  # [B, X, Y, Z]
+    x = images.detach()
+    vol = (x[:, 0].abs() if x.shape[1] == 1 else x.abs().amax(dim=1)).float()  # [B, X, Y, Z]
     flat = vol.flatten(1)  # [B, V]
     sub = flat[:, :: max(1, flat.shape[1] // 2**17)]
-    p2, p98 = torch.quantile(sub, torch.tensor([0.02, 0.98], device=sub.device), dim=1)  # [B] each
+    if sub.device.type == "cpu":  # numpy's partition: same linear interpolation, ~10x torch.quantile's sort
+        p2, p98 = torch.from_numpy(np.quantile(sub.numpy(), [0.02, 0.98], axis=1).astype(np.float32))  # [B] each
+    else:
+        p2, p98 = torch.quantile(sub, torch.tensor([0.02, 0.98], device=sub.device), dim=1)  # [B] each
     thresh = (p2 + 0.1 * (p98 - p2)).view(-1, 1, 1, 1)
     tissue = (vol > thresh).float().unsqueeze(1)  # [B, 1, X, Y, Z]
     frac = F.avg_pool3d(tissue, kernel_size=patch, stride=patch)  # [B, 1, g0, g1, g2]
