@@ -14,8 +14,9 @@ Planted signals (drawn from the subject's *label* stream):
 
 Nuisances (drawn from an independent *nuisance* stream, so they cannot predict any label): the site
 (scanner contrast per tissue and a gamma), a smooth multiplicative bias field, Rician-like noise and
-an integer-voxel pose shift. Subjects are split into train/val/test, a held-out-site test and an
-unlabelled pretraining pool, all at the patient level.
+an integer-voxel pose shift. The bias field is the residual one of a curated (N4-corrected) volume,
+not a raw scanner's. Subjects are split into train/val/test, a held-out-site test and an unlabelled
+pretraining pool, all at the patient level.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ class CohortConfig:
     lesion_prevalence: float = 0.5
     contrasts: tuple[str, ...] = CONTRASTS
     noise_range: tuple[float, float] = (0.01, 0.05)
-    bias_strength: float = 0.25
+    # Residual inhomogeneity of a curated (N4-corrected) volume: ~10 %. At 0.25 the field's hot spots
+    # outshone the lesions: a statistic that knows where white matter is (share of deep-WM FLAIR voxels
+    # above 1.3x its median) separated lesion-positive subjects at AUROC 0.70; at 0.10, 0.88 (80 subjects).
+    bias_strength: float = 0.10
     max_shift: int = 2
     site_contrast_jitter: float = 0.12
 
