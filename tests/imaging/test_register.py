@@ -229,6 +229,22 @@ def test_fov_from_the_affine_equals_resampling_ones(
         np.testing.assert_array_equal(np.asarray(nib.load(result.fov_path).dataobj) > 0, analytic)
 
 
+@pytest.mark.parametrize(
+    ("spacing", "sigma"),
+    [((0.88, 0.88, 0.88), (0.62, 0.62, 0.62)), ((0.5, 0.7, 1.2), (1.5, 1.5, 1.5)), ((1.0, 1.0, 2.0), (0.8, 0.8, 0.0))],
+)
+def test_anti_aliasing_equals_ants_smooth_image(spacing: tuple[float, ...], sigma: tuple[float, ...]) -> None:
+    """The model-grid anti-aliasing blur is ITK's discrete Gaussian (kernel, truncation, edges), to float32."""
+    import ants
+
+    from imaging.register import _anti_alias
+
+    rng = np.random.default_rng(0)
+    image = ants.from_numpy((rng.normal(size=(31, 27, 22)) * 100.0).astype(np.float32), spacing=spacing)
+    expected = ants.smooth_image(image, sigma, sigma_in_physical_coordinates=True).numpy()
+    np.testing.assert_allclose(_anti_alias(image, np.asarray(sigma)).numpy(), expected, rtol=0, atol=1e-3)
+
+
 def test_qc_reuses_the_registration_bias_field(t1_result: RegistrationResult, monkeypatch: pytest.MonkeyPatch) -> None:
     """One N4 fit per volume: QC reads registration's field and measures what a fit of its own would."""
     from imaging.qc import compute_metrics, native
