@@ -97,6 +97,35 @@ def test_qc_of_the_real_t1_has_no_hard_failure(
     assert status == "pass", reasons
 
 
+@needs_data
+def test_deepbet_mask_is_deepbets_own(registered_t1: RegistrationResult, deepbet_t1: tuple[Path, float]) -> None:
+    """The faster pipeline (percentiles by selection, normalisation before upsampling, no box finder on the
+    model grid) gives deepbet's own ``BrainExtraction.run`` mask, voxel for voxel."""
+    img = nib.load(registered_t1.registered_path)
+    _, expected, _ = skullstrip.deepbet_extractor().run(img)
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(str(deepbet_t1[0])).dataobj) > 0, np.asarray(expected.dataobj) > 0
+    )
+
+
+def test_percentiles_by_selection_are_torch_quantile() -> None:
+    import torch
+
+    values = torch.from_numpy(np.random.default_rng(1).gamma(2.0, 30.0, 128**3).astype(np.float32))
+    ours = skullstrip._quantiles(values, (0.005, 0.5, 0.995))
+    assert [float(v) for v in ours] == [float(values.quantile(q)) for q in (0.005, 0.5, 0.995)]
+
+
+def test_nearest_exact_index_is_torchs_resize() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    for n_in, n_out in ((96, 256), (108, 256), (256, 95), (17, 5)):
+        probe = torch.arange(n_in, dtype=torch.float32)[None, None, :, None, None].expand(1, 1, n_in, 2, 2)
+        resized = F.interpolate(probe, (n_out, 2, 2), mode="nearest-exact")[0, 0, :, 0, 0]
+        np.testing.assert_array_equal(skullstrip._nearest_exact_index(n_in, n_out), resized.long().numpy())
+
+
 def test_deepbet_rejects_a_constant_image(tmp_path: Path) -> None:
     path = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.full((20, 20, 20), 7.0, np.float32), np.eye(4)), str(path))
