@@ -14,7 +14,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
     Computed on a ``bins``-bin histogram of the finite values; for a constant input returns that value.
     """
-    v = np.asarray(values).ravel()
+    v = np.asarray(values).ravel(order="K")  # no copy of a NIfTI's Fortran-ordered array
     if v.dtype.kind != "f":
         v = v.astype(np.float64)
     finite = np.isfinite(v)
@@ -55,12 +55,14 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     runs on an edge-padded copy: with the default zero border its erosion would strip the last two
     slices wherever the head (the neck) leaves the image.
 
-    Every step gives the same voxels as scipy's ``binary_closing`` / ``binary_fill_holes`` (per slice,
-    6- and 4-neighbour structures) but costs a fraction: the closing is shifted boolean views, and a
-    hole is a connected component of the background that touches no border, found with one labelling
-    per axis instead of one iterative fill per slice (≈0.4 s against ≈1.7 s for a 1 mm head).
+    Every step gives the same voxels as scipy's ``binary_closing`` / ``label`` / ``binary_fill_holes``
+    (per slice, 6- and 4-neighbour structures; tests/imaging/test_qc.py checks the equality) at a fraction
+    of the cost: the closing is shifted boolean views, the labelling is cc3d's and the fills are
+    fill_voids' flood fills from the border (both libraries come with deepbet), ≈0.35 s for a 1 mm head
+    against ≈0.7 s with scipy's labelling and ≈2 s with per-slice ``binary_fill_holes``.
     """
-    from scipy import ndimage
+    import cc3d
+    import fill_voids
 
     finite = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     mask = finite > otsu_threshold(finite)
@@ -70,16 +72,18 @@ def head_mask(data: np.ndarray) -> np.ndarray:
         padded = _dilate6(padded)
     for _ in range(pad):
         padded = _erode6(padded)
-    mask = padded[pad:-pad, pad:-pad, pad:-pad]
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = np.ascontiguousarray(padded[pad:-pad, pad:-pad, pad:-pad])
+    labels = cc3d.connected_components(mask, connectivity=6)
+    sizes = np.bincount(labels.ravel())
+    if sizes.size > 2:  # background + more than one component
+        mask = labels == (int(np.argmax(sizes[1:])) + 1)
     del labels
-    mask = mask | _holes(mask, border_axes=(0, 1, 2))
+    mask = fill_voids.fill(mask, in_place=False)
     filled = mask.copy()
     for axis in range(3):
-        filled |= _holes(mask, border_axes=tuple(a for a in range(3) if a != axis))
+        planes, out = np.moveaxis(mask, axis, 0), np.moveaxis(filled, axis, 0)
+        for i in range(planes.shape[0]):
+            out[i] |= fill_voids.fill(np.ascontiguousarray(planes[i]), in_place=False)
     return filled
 
 
@@ -110,36 +114,6 @@ def _erode6(m: np.ndarray) -> np.ndarray:
         first[axis] = -1
         out[tuple(first)] = False
     return out
-
-
-def _holes(mask: np.ndarray, border_axes: tuple[int, ...]) -> np.ndarray:
-    """Background voxels not connected to the image border: what ``binary_fill_holes`` adds.
-
-    With all three ``border_axes`` this is the 3D fill (6-neighbour background components). With two,
-    components are built within the slices across the third axis (4-neighbour, in-plane) and a slice's
-    border is the two pairs of volume faces along ``border_axes``: the per-slice 2D fill of every slice
-    at once.
-    """
-    from scipy import ndimage
-
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1, 1, 1] = True
-    for axis in border_axes:
-        index = [1, 1, 1]
-        for side in (0, 2):
-            index[axis] = side
-            structure[tuple(index)] = True
-    labels, n = ndimage.label(~mask, structure=structure)
-    if n == 0:
-        return np.zeros_like(mask)
-    is_hole = np.ones(n + 1, dtype=bool)
-    is_hole[0] = False
-    for axis in border_axes:
-        for side in (0, -1):
-            face = [slice(None)] * 3
-            face[axis] = side
-            is_hole[np.unique(labels[tuple(face)])] = False
-    return is_hole[labels]
 
 
 def between_head(head: np.ndarray) -> np.ndarray:

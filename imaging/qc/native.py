@@ -213,17 +213,24 @@ def native_tissue_metrics(
             sub = data[box]
             corner = np.eye(4)
             corner[:3, 3] = [b.start for b in box]
-            full = _to_ants(sub, affine @ corner)
-            wm = _to_ants(wm_grid.get_fdata(dtype=np.float32), wm_grid.affine)
-            wm_native = ants.apply_transforms(full, wm, tl, interpolator="linear", whichtoinvert=[True]).numpy()
-            brain_native = ants.apply_transforms(full, brain, tl, interpolator="nearestNeighbor", whichtoinvert=[True])
-            field_native = ants.resample_image_to_target(field, full, interp_type="linear").numpy()
+            box_affine = affine @ corner
+            full = _to_ants(sub, box_affine)
+            brain_box = ants.apply_transforms(full, brain, tl, interpolator="nearestNeighbor", whichtoinvert=[True])
+            voxels = np.nonzero(brain_box.numpy() > 0.5)
+            wm_data = wm_grid.get_fdata(dtype=np.float32)
+            wm_native = _wm_at(voxels, box_affine, Path(transform), wm_data, wm_grid.affine)
+            if wm_native is None:  # not a plain affine: ANTs resamples the WM map over the whole box
+                wm = _to_ants(wm_data, wm_grid.affine)
+                wm_box = ants.apply_transforms(full, wm, tl, interpolator="linear", whichtoinvert=[True]).numpy()
+                wm_native = wm_box[voxels]
+            wm_voxels = tuple(v[wm_native >= WM_MIN_PROB] for v in voxels)
+            field_native = _field_at(field, box_affine, wm_voxels)
             # The 2 mm grid may stop short of the native grid's last voxels, where the interpolated field
             # falls towards 0; dividing by it there would create huge "WM" values, so those are left out.
             typical = float(np.median(field.numpy()[head]))
-            sel = (wm_native >= WM_MIN_PROB) & (brain_native.numpy() > 0.5) & (field_native > 0.5 * typical)
+            sel = field_native > 0.5 * typical
             if sel.sum() >= 100:
-                out["snr_wm"] = snr_wm(sub[sel] / field_native[sel])
+                out["snr_wm"] = snr_wm(sub[wm_voxels][sel] / field_native[sel])
     if region.sum() < 10:
         dist = ndimage.distance_transform_edt(head, sampling=(N4_SPACING_MM,) * 3)
         region = dist > BRAIN_FALLBACK_ERODE_MM
@@ -234,6 +241,94 @@ def native_tissue_metrics(
 
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _wm_at(
+    voxels: tuple[np.ndarray, ...], box_affine: np.ndarray, transform: Path, wm: np.ndarray, grid_affine: np.ndarray
+) -> np.ndarray | None:
+    """The model-grid WM probability at box voxels, as ``ants.apply_transforms`` (linear, inverse) gives it.
+
+    ANTs would resample the map over the whole box (≈4 M voxels of a 1 mm head) to read it at the brain's
+    voxels; here the affine is written out (box index → native → MNI through the inverse registration
+    → model-grid index, ITK's LPS coordinates) and the map is interpolated at those voxels only, and only
+    where one of the 8 neighbours reaches ``WM_MIN_PROB`` (elsewhere no interpolated value can). float32
+    like ANTs' output. None when the transform is not a plain affine.
+    """
+    import ants
+
+    tx = ants.read_transform(str(transform))
+    params = np.asarray(tx.parameters, dtype=np.float64)
+    if params.size != 12:
+        return None
+    matrix, centre = params[:9].reshape(3, 3), np.asarray(tx.fixed_parameters, dtype=np.float64)
+    offset = params[9:] + centre - matrix @ centre  # MNI (LPS) -> native (LPS): y = matrix · x + offset
+    to_grid = np.linalg.inv(grid_affine)
+    rotate = to_grid[:3, :3] @ _RAS_TO_LPS @ np.linalg.inv(matrix)
+    linear = rotate @ _RAS_TO_LPS @ box_affine[:3, :3]
+    shift = rotate @ (_RAS_TO_LPS @ box_affine[:3, 3] - offset) + to_grid[:3, 3]
+    cont = linear @ np.stack(voxels).astype(np.float64) + shift[:, None]  # (3, n) continuous grid indices
+    out = np.zeros(cont.shape[1], dtype=np.float32)
+    inside = np.all((cont >= -0.5) & (cont < np.asarray(wm.shape)[:, None] - 0.5), axis=0)
+    # A linear interpolation is a weighted mean of its 8 neighbours: it reaches the WM threshold only
+    # where one of them does.
+    reach = wm >= WM_MIN_PROB
+    for axis in range(3):  # neighbour i + 1 along each axis, the last voxel standing for itself
+        ahead = np.concatenate(
+            [np.take(reach, range(1, reach.shape[axis]), axis=axis), np.take(reach, [-1], axis=axis)], axis=axis
+        )
+        reach = reach | ahead
+    base = np.clip(np.floor(cont), 0, np.asarray(wm.shape)[:, None] - 1).astype(np.intp)
+    inside &= reach[base[0], base[1], base[2]]
+    out[inside] = _trilinear(wm, np.maximum(cont[:, inside], 0.0)).astype(np.float32)
+    return out
+
+
+def _trilinear(volume: np.ndarray, cont: np.ndarray) -> np.ndarray:
+    """ITK's linear interpolation of ``volume`` at continuous indices ``cont`` (3, n), all ≥ 0 and inside.
+
+    Neighbours past the last voxel repeat it (the half voxel ITK still counts as inside); float64 like
+    ITK's internal arithmetic, interpolating along the first axis, then the second, then the third.
+    """
+    shape = volume.shape
+    flat = np.ascontiguousarray(volume, dtype=np.float64).ravel()
+    base = [np.minimum(np.floor(c).astype(np.intp), n - 1) for c, n in zip(cont, shape, strict=True)]
+    dist = [c - b for c, b in zip(cont, base, strict=True)]
+    strides = (shape[1] * shape[2], shape[2], 1)
+    # the step to the next voxel along each axis, 0 on the last one (ITK repeats it)
+    step = [np.where(b < n - 1, st, 0) for b, n, st in zip(base, shape, strides, strict=True)]
+    origin = base[0] * strides[0] + base[1] * strides[1] + base[2]
+
+    def along_x(offset: np.ndarray | int) -> np.ndarray:
+        low = flat.take(origin + offset)
+        return low + (flat.take(origin + offset + step[0]) - low) * dist[0]
+
+    y0 = along_x(0)
+    y0 = y0 + (along_x(step[1]) - y0) * dist[1]
+    y1 = along_x(step[2])
+    y1 = y1 + (along_x(step[1] + step[2]) - y1) * dist[1]
+    return y0 + (y1 - y0) * dist[2]
+
+
+def _field_at(field: ants.ANTsImage, box_affine: np.ndarray, voxels: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The N4 field (its own 2 mm grid) linearly interpolated at box voxels, float32, 0 outside its grid.
+
+    The values ``ants.resample_image_to_target(field, box)`` holds at those voxels: the box is a block of
+    the native image the field was resampled from, so each box axis runs along one field axis.
+    """
+    import ants
+
+    box = nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), box_affine)
+    box.header.set_xyzt_units("mm", "sec")
+    target = ants.from_nibabel_nifti(box)  # the box's ITK geometry, as ANTs would build it
+    to_index = np.linalg.inv(np.asarray(field.direction, dtype=np.float64) @ np.diag(field.spacing))
+    scale = to_index @ np.asarray(target.direction, dtype=np.float64) @ np.diag(target.spacing)
+    offset = to_index @ (np.asarray(target.origin, dtype=np.float64) - np.asarray(field.origin, dtype=np.float64))
+    cont = scale @ np.stack(voxels).astype(np.float64) + offset[:, None]
+    data = field.numpy()
+    inside = np.all((cont >= -0.5) & (cont < np.asarray(data.shape)[:, None] - 0.5), axis=0)
+    out = np.zeros(cont.shape[1], dtype=np.float32)
+    out[inside] = _trilinear(data, np.maximum(cont[:, inside], 0.0)).astype(np.float32)
+    return out
 
 
 def _native_box(

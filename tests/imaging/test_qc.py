@@ -525,3 +525,47 @@ def test_resampling_to_a_spacing_equals_ants(shape: tuple[int, int, int], spacin
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=0, atol=1e-4)
     assert ((ours.numpy() == 0) == (expected.numpy() == 0)).all()
 
+
+def test_field_and_wm_at_native_voxels_equal_ants(tmp_path: Path) -> None:
+    """QC reads the N4 field and the MNI WM map at native brain voxels as ANTs' resampling would."""
+    import ants
+
+    from imaging.qc.metrics import WM_MIN_PROB
+    from imaging.qc.native import _field_at, _wm_at, resample_to_spacing
+
+    native = _oblique_image((60, 70, 50), (0.9, 0.95, 1.1), seed=3)
+    field = resample_to_spacing(ants.from_nibabel_nifti(native), 2.0)
+    box = (slice(5, 52), slice(3, 66), slice(4, 50))
+    corner = np.eye(4)
+    corner[:3, 3] = [b.start for b in box]
+    box_img = nib.Nifti1Image(np.ascontiguousarray(native.get_fdata(dtype=np.float32)[box]), native.affine @ corner)
+    box_img.header.set_xyzt_units("mm", "sec")
+    full = ants.from_nibabel_nifti(box_img)
+    voxels = np.nonzero(np.random.default_rng(0).random(full.shape) < 0.3)
+    expected = ants.resample_image_to_target(field, full, interp_type="linear").numpy()[voxels]
+    np.testing.assert_allclose(_field_at(field, box_img.affine, voxels), expected, rtol=1e-5, atol=1e-4)
+
+    # A WM-like map on a grid, and a registration-like affine (MNI -> native) with rotation and scaling.
+    grid_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid_affine[:3, 3] = [-30.0, -34.0, -28.0]
+    wm_img = nib.Nifti1Image(_oblique_image((30, 34, 28), (2.0, 2.0, 2.0), seed=4).get_fdata() / 60.0, grid_affine)
+    wm_img.header.set_xyzt_units("mm", "sec")
+    rotation = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)) * 0.1 + np.eye(3))[0]
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        precision="float",
+        dimension=3,
+        matrix=rotation @ np.diag([0.95, 1.05, 1.0]),
+        center=(1.0, 2.0, -3.0),
+        translation=(-native.affine[0, 3] + 10.0, -native.affine[1, 3] + 5.0, native.affine[2, 3]),
+    )
+    path = tmp_path / "affine.mat"
+    ants.write_transform(tx, str(path))
+    wm_box = ants.apply_transforms(
+        full, ants.from_nibabel_nifti(wm_img), [str(path)], interpolator="linear", whichtoinvert=[True]
+    ).numpy()[voxels]
+    ours = _wm_at(voxels, box_img.affine, path, wm_img.get_fdata(dtype=np.float32), wm_img.affine)
+    reach = wm_box >= WM_MIN_PROB
+    assert 100 < reach.sum() < reach.size  # the map crosses the threshold inside the box
+    np.testing.assert_array_equal(ours >= WM_MIN_PROB, reach)
+    np.testing.assert_allclose(ours[reach], wm_box[reach], rtol=1e-6)
