@@ -232,17 +232,23 @@ def main() -> int:
     if missing:
         raise SystemExit(f"no {missing} under {REAL_DATA}; the benchmark needs ../shared/data beside the checkout")
     base, cur = [], []
+    start_load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mrifoundry-bench-base-") as tmp:
         tree = _baseline_tree(args.baseline_rev, Path(tmp))
         for i in range(args.rounds):
             order = [("baseline", tree, base), ("current", REPO, cur)]
             for label, root, sink in order if i % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
+                t0, load0 = time.perf_counter(), os.getloadavg()[0]
                 sink.append(_run_worker(root, volumes, args.repeat, args.threads))
-                print(f"[{label} worker, round {i + 1}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+                # The 1-minute load average around each worker: a neighbour's load shows which one it hit.
+                print(
+                    f"[{label} worker, round {i + 1}: {time.perf_counter() - t0:.0f} s, "
+                    f"load {load0:.1f} -> {os.getloadavg()[0]:.1f}]",
+                    file=sys.stderr,
+                )
     load = os.getloadavg()[0]
     print(f"{os.cpu_count()} CPUs, {args.threads} threads per worker, best of {args.repeat} x {args.rounds} runs")
-    print(f"baseline {args.baseline_rev}, load average at the end {load:.1f}\n")
+    print(f"baseline {args.baseline_rev}, load average at the start {start_load:.1f}, at the end {load:.1f}\n")
     summary = report(base, cur, volumes)
     if args.json:
         args.json.write_text(json.dumps({"baseline": base, "current": cur, "summary": summary}, indent=1))

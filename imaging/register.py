@@ -5,7 +5,7 @@ How (and why) it works:
        mask makes the optimiser fit the *skull* to the template's brain edge (measured on t1w_chris: the
        head is shrunk, correlation in the brain mask 0.2-0.5 for every transform type). So the brain is
        located in the native image first with deepbet's coarse 128³ stage (the same cached model the
-       skull-strip step uses; ≈0.4-2 s), dilated by 2 mm, and only that region is registered. The
+       skull-strip step uses; ≈0.5 s), dilated by 2 mm, and only that region is registered. The
        alternative, the whole head with the template's brain mask as metric mask, is as good on the T1w
        (similarity .818 vs .812) but worse on the T2w slab (Dice of the warped brain with the MNI GM+WM
        mask .889 vs .936), so it is only the fallback when no brain is found (``brain_localiser`` then
