@@ -20,6 +20,17 @@ All three read every method's frozen pooled features per modality, [N, M, D] (pr
 init, handcrafted, CNN-MAE alike), are small (thousands of parameters), and are trained full batch by
 AdamW with an L2 penalty whose strength comes from cfg.wd_grid (the linear heads' grid, same scale)
 and is chosen on val by heads.select_and_score, which never receives test targets.
+
+The penalty falls on every weight matrix. Penalising two weight layers whose product makes the logit
+(MIL: embedding x head, PoE: expert means x head) has a threshold: once 4 * s_head * s_hidden > g^2
+(g: the loss slope in the product at zero), all-zero weights are a minimum and the network outputs
+its bias for every subject. At the grid's top (100, i.e. 0.33 per weight at n=150) MIL and PoE did
+collapse, and a constant score's tied val AUROC of exactly 0.5 then beat the noise-fitted heads of a
+task without signal (benchmark-cpu-2026-11-30-v2: lesion_fusion_mil 0.500 [0.5, 0.5] for every
+method). So a grid value is an upper bound: a fit whose train scores come out constant is redone with
+a tenth of the strength (finally none) until the network survives; fits that survive are unchanged.
+(Penalising only the read-out instead never collapses, but lets the hidden layers overfit: a planted
+signal's val AUROC fell to 0.58 for MIL where the gated fusion reached 0.99.)
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ LR = 1e-2
 HIDDEN = 32  # MIL instance embedding
 ATTENTION = 16  # MIL attention width (L in Ilse et al.)
 LATENT = 16  # PoE latent
+COLLAPSED = 1e-5  # relative output spread below which a fit counts as constant (see `collapsed`)
+RETRIES = 4  # penalties tried per grid value before none: hp, hp/10, hp/100, hp/1000
 
 
 class GatedLateFusion(nn.Module):
@@ -62,7 +75,7 @@ class GatedAttentionMIL(nn.Module):
 
     def __init__(self, n_mod: int, dim: int, n_out: int) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, HIDDEN), nn.ReLU())
+        self.embed = nn.Sequential(nn.Linear(dim + n_mod, HIDDEN), nn.ReLU())  # features + one-hot modality
         self.V, self.U = nn.Linear(HIDDEN, ATTENTION), nn.Linear(HIDDEN, ATTENTION)
         self.w = nn.Linear(ATTENTION, 1)
         self.head = nn.Linear(HIDDEN, n_out)
@@ -71,8 +84,15 @@ class GatedAttentionMIL(nn.Module):
         """h [N, M, H] -> weights [N, M] summing to 1 over the modalities."""
         return self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))[..., 0].softmax(dim=-1)
 
+    def instances(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, M, D] -> h [N, M, H]. Inputs are standardised per modality, so which modality an instance
+        is comes from a one-hot code, not from its offset (offsets shared across modalities swamped the
+        subject-to-subject variation the signal lives in)."""
+        code = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(len(x), -1, -1)  # [N, M, M]
+        return self.embed(torch.cat([x, code], dim=-1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)  # [N, M, H]
+        h = self.instances(x)  # [N, M, H]
         return self.head((self.attention(h)[..., None] * h).sum(dim=1))
 
 
@@ -114,15 +134,19 @@ def stack_modalities(pooled: torch.Tensor, rows: dict[str, torch.Tensor], modali
 
 
 class _Standardized(nn.Module):
-    """Training statistics per modality (gated, PoE: one expert per modality) or shared across the
-    modalities (MIL: instances in one embedding space, so a modality's offset stays visible)."""
+    """Training statistics per modality and feature, train split only. Shared across the modalities (MIL
+    once did) a column's spread is mostly the offset between contrasts, and the subject-to-subject
+    variation within a modality, where the label lives, shrank below what the penalised net could use."""
 
-    def __init__(self, x: torch.Tensor, inner: nn.Module, per_modality: bool) -> None:
+    def __init__(self, x: torch.Tensor, inner: nn.Module) -> None:
         super().__init__()
-        flat = x if per_modality else x.reshape(-1, x.shape[-1])  # [N, M, D] or [N*M, D]
+        flat = x  # [N, M, D]
         std = flat.std(dim=0) if len(flat) > 1 else torch.ones_like(flat[0])
-        self.register_buffer("mean", flat.mean(dim=0))  # [M, D] or [D]
-        self.register_buffer("std", std.clamp_min(1e-6))
+        # A feature constant on train (a histogram bin no training volume reaches) carries nothing to learn;
+        # dividing it by ~0 would turn a val/test subject's tiny deviation into a huge input.
+        std = torch.where(std > 1e-6 * (1.0 + flat.mean(dim=0).abs()), std, torch.ones_like(std))
+        self.register_buffer("mean", flat.mean(dim=0))  # [M, D]
+        self.register_buffer("std", std)
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +163,13 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def collapsed(out: torch.Tensor) -> bool:
+    """Outputs [N, n_out] (logits, standardised targets) the same for every subject, to float noise: the
+    penalty killed the network. Healthy fits spread over O(1); collapsed ones measured 1e-11..1e-8."""
+    spread = (out.amax(dim=0) - out.amin(dim=0)).max()
+    return bool(spread <= COLLAPSED * (1.0 + out.abs().max()))
 
 
 def fitter(protocol: str):
@@ -163,17 +194,27 @@ def fitter(protocol: str):
             "regression": heads.regression_loss,
             "survival": heads.cox_loss,
         }[kind]
-        torch.manual_seed(cfg.seed)
-        net = NETWORKS[protocol](x.shape[1], x.shape[2], n_out)
-        model = _Standardized(x, net, per_modality=protocol != "fusion_mil")
-        weights = [p for p in net.parameters() if p.ndim >= 2]
-        scale = hp / (2 * max(len(x), 1))  # the linear heads' 1/C scale: loss + ||w||^2 / (2 C n)
 
-        def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return base(out, y) + scale * sum((w**2).sum() for w in weights)
+        def train(strength: float) -> nn.Module:
+            torch.manual_seed(cfg.seed)
+            net = NETWORKS[protocol](x.shape[1], x.shape[2], n_out)
+            model = _Standardized(x, net)
+            weights = [p for p in net.parameters() if p.ndim >= 2]
+            scale = strength / (2 * max(len(x), 1))  # the linear heads' 1/C scale: loss + ||w||^2 / (2 C n)
 
-        with _one_thread():
-            heads.fit_head(model, x, t, loss, epochs=EPOCHS, lr=LR, weight_decay=0.0, batch_size=None, seed=cfg.seed)
+            def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return base(out, y) + scale * sum((w**2).sum() for w in weights)
+
+            with _one_thread():
+                heads.fit_head(
+                    model, x, t, loss, epochs=EPOCHS, lr=LR, weight_decay=0.0, batch_size=None, seed=cfg.seed
+                )
+            return model
+
+        for strength in (*(hp * 0.1**k for k in range(RETRIES)), 0.0):  # see the module docstring
+            model = train(strength)
+            if not collapsed(heads.predict(model, x)):
+                break
 
         def predict(z: torch.Tensor) -> np.ndarray:
             s = _scores(kind, heads.predict(model, z.float()))
