@@ -24,8 +24,12 @@ browser:
 demo: setup
 	$(BIN)/mrifoundry demo
 
+# Two pytest workers, one test file at a time each (module fixtures stay in one process): much of the suite
+# waits on subprocesses, servers and sockets, so two files side by side keep both cores busy.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
