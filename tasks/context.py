@@ -20,7 +20,9 @@ from warehouse.manifest import Manifest
 
 # Bump when a stage's output changes meaning: series curated by an older version are redone.
 # curate-2: QC reads the N4 field registration fitted (stronger correction: cjv and similarity move).
-PIPELINE_VERSION = "curate-2"
+# curate-3: N4 10/10/60 iterations (INU moves up to 3 %), deepbet on the model grid without its box finder
+#          (a T2w mask can move by a voxel row).
+PIPELINE_VERSION = "curate-3"
 KEY_FILE = "deid.key"
 
 
