@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from tasks.evaluation.config import EvalConfig
-from tasks.evaluation.heads import _scores, _torch_target
+from tasks.evaluation.heads import target_and_loss
 
 EPOCHS = 200  # full-batch AdamW steps
 LR = 1e-2
@@ -183,17 +183,7 @@ def fitter(protocol: str):
         if x.ndim != 3:
             raise ValueError(f"{protocol} needs per-modality features [N, M, D], got shape {tuple(x.shape)}")
         x = x.float()
-        t = _torch_target(kind, target)
-        y_mean, y_std = 0.0, 1.0
-        if kind == "regression":  # fit standardised targets, report in the original unit
-            y_mean, y_std = float(t.float().mean()), float(t.float().std().clamp_min(1e-6)) if len(t) > 1 else 1.0
-            t = (t.float() - y_mean) / y_std
-        base = {
-            "binary": heads.binary_loss,
-            "multiclass": heads.multiclass_loss,
-            "regression": heads.regression_loss,
-            "survival": heads.cox_loss,
-        }[kind]
+        t, base, to_scores = target_and_loss(kind, target)
 
         def train(strength: float) -> nn.Module:
             torch.manual_seed(cfg.seed)
@@ -217,8 +207,7 @@ def fitter(protocol: str):
                 break
 
         def predict(z: torch.Tensor) -> np.ndarray:
-            s = _scores(kind, heads.predict(model, z.float()))
-            return s * y_std + y_mean if kind == "regression" else s
+            return to_scores(heads.predict(model, z.float()))
 
         return predict
 

@@ -36,6 +36,33 @@ def _scores(kind: str, out: torch.Tensor) -> np.ndarray:
     return out[:, 0].numpy()
 
 
+def target_and_loss(kind: str, target: dict[str, np.ndarray]):
+    """(training target, base loss, head output -> scores in the target's unit) for a learned head.
+
+    Regression heads fit standardised targets, so one lr / penalty grid serves ages in years and volumes
+    in millilitres alike; their scores are mapped back to the original unit.
+    """
+    from model import heads
+
+    t = _torch_target(kind, target)
+    y_mean, y_std = 0.0, 1.0
+    if kind == "regression":
+        y_mean, y_std = float(t.float().mean()), float(t.float().std().clamp_min(1e-6)) if len(t) > 1 else 1.0
+        t = (t.float() - y_mean) / y_std
+    loss = {
+        "binary": heads.binary_loss,
+        "multiclass": heads.multiclass_loss,
+        "regression": heads.regression_loss,
+        "survival": heads.cox_loss,
+    }[kind]
+
+    def to_scores(out: torch.Tensor) -> np.ndarray:
+        s = _scores(kind, out)
+        return s * y_std + y_mean if kind == "regression" else s
+
+    return t, loss, to_scores
+
+
 def _n_out(kind: str, y: np.ndarray | None) -> int:
     return int(y.max()) + 1 if kind == "multiclass" else 1
 
@@ -87,17 +114,7 @@ def _fit_attentive(kind: str, x: torch.Tensor, target: dict[str, np.ndarray], lr
     from model import heads
     from model.probes import AttentiveProbe
 
-    t = _torch_target(kind, target)
-    y_mean, y_std = 0.0, 1.0
-    if kind == "regression":  # fit standardised targets, report in the original unit
-        y_mean, y_std = float(t.float().mean()), float(t.float().std().clamp_min(1e-6)) if len(t) > 1 else 1.0
-        t = (t.float() - y_mean) / y_std
-    loss = {
-        "binary": heads.binary_loss,
-        "multiclass": heads.multiclass_loss,
-        "regression": heads.regression_loss,
-        "survival": heads.cox_loss,
-    }[kind]
+    t, loss, to_scores = target_and_loss(kind, target)
     torch.manual_seed(cfg.seed)
     dim = x.shape[-1]
     n_heads = cfg.attn_heads if dim % cfg.attn_heads == 0 else 1
@@ -115,8 +132,7 @@ def _fit_attentive(kind: str, x: torch.Tensor, target: dict[str, np.ndarray], lr
     )
 
     def predict(z: torch.Tensor) -> np.ndarray:
-        s = _scores(kind, heads.predict(head, z))
-        return s * y_std + y_mean if kind == "regression" else s
+        return to_scores(heads.predict(head, z))
 
     return predict
 
