@@ -39,6 +39,7 @@ import torch
 
 from model.config import AUGMENT_PRESETS, AugmentConfig
 from model.masks import derive_seed
+from model.threads import one_torch_thread
 
 __all__ = [
     "AUGMENT_PRESETS",
@@ -131,19 +132,16 @@ def augment_batch(
         batched = images.device.type == "cuda"
     if not batched:
         samples, threads = _Sample.of_batch(params), torch.get_num_threads()
-        torch.set_num_threads(1)  # see the docstring; threads that start now start with one as well
 
         def one(b: int) -> None:
             _augment_one(images[b], samples[b], cfg.bias_degree)
 
-        try:
+        with one_torch_thread():  # see the docstring; threads that start now start with one as well
             if threads > 1 and len(samples) > 1:
                 list(_sample_pool(os.getpid(), threads).map(one, range(len(samples))))
             else:
                 for b in range(len(samples)):
                     one(b)
-        finally:
-            torch.set_num_threads(threads)
         return images
     on = params["aug_on"]
     _flip_batched(images, params["aug_flip"])

@@ -35,12 +35,11 @@ signal's val AUROC fell to 0.58 for MIL where the gated fusion reached 0.99.)
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from torch import nn
 
+from model.threads import one_torch_thread
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.heads import target_and_loss
 
@@ -153,18 +152,6 @@ class _Standardized(nn.Module):
         return self.inner((x.float() - self.mean) / self.std)
 
 
-@contextmanager
-def _one_thread():
-    """These networks are tiny: on a shared 2-core machine the intra-op threads of each op cost far more
-    than they save (measured 0.3 s vs 19 s per fit under load), so train on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def collapsed(out: torch.Tensor) -> bool:
     """Outputs [N, n_out] (logits, standardised targets) the same for every subject, to float noise: the
     penalty killed the network. Healthy fits spread over O(1); collapsed ones measured 1e-11..1e-8."""
@@ -195,7 +182,7 @@ def fitter(protocol: str):
             def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 return base(out, y) + scale * sum((w**2).sum() for w in weights)
 
-            with _one_thread():
+            with one_torch_thread():  # tiny networks: see model.threads
                 heads.fit_head(
                     model, x, t, loss, epochs=EPOCHS, lr=LR, weight_decay=0.0, batch_size=None, seed=cfg.seed
                 )

@@ -5,8 +5,6 @@ Shared helpers live here rather than in a conftest so test modules can import th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 
 from model.masks import MaskCollator
 from model.presets import get_preset
+from model.threads import one_torch_thread
 
 TINY = get_preset("tiny").model
 
@@ -34,16 +33,5 @@ def tiny_batch(batch_size: int = 2, step: int = 0, train: bool = False) -> dict[
     return MaskCollator(TINY, seed=0)([ds.sample(i, step) for i in range(batch_size)], step)
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch ops on one intra-op thread.
-
-    Tiny-preset tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP
-    spin-waiting under contention made a tiny training step ~8x slower (1.0 s vs 0.13 s measured).
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+single_thread = one_torch_thread
+"""Tiny-preset tests run on one intra-op thread (see model.threads)."""
