@@ -175,26 +175,29 @@ def test_empty_source_is_an_error(command: str, tmp_path: Path, capsys) -> None:
     assert len(err.splitlines()) == 1 and "no files" in err, err
 
 
-def test_classify_source_with_no_dicom_is_an_error(tmp_path: Path, capsys) -> None:
-    """Files that could be DICOM by name but are not: the scan decides, and says so."""
+@pytest.fixture
+def junk_source(tmp_path: Path) -> Path:
+    """A folder whose only file could be DICOM by name but is not."""
     src = tmp_path / "junk"
     src.mkdir()
     (src / "IM0001").write_bytes(b"not a dicom file at all" * 10)
-    assert main(["classify", str(src)]) == 2
+    return src
+
+
+def test_classify_source_with_no_dicom_is_an_error(junk_source: Path, capsys) -> None:
+    """Files that could be DICOM by name but are not: the scan decides, and says so."""
+    assert main(["classify", str(junk_source)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no readable input" in err, err
 
 
-def test_curate_flow_rejects_a_source_without_series(tmp_path: Path, prefect_harness) -> None:
+def test_curate_flow_rejects_a_source_without_series(junk_source: Path, tmp_path: Path, prefect_harness) -> None:
     """The flow itself (deployments call it without the CLI's quick check) fails, not an empty success."""
     from flows.curate import curate_flow
     from imaging.bids import NoInputError
 
-    src = tmp_path / "junk"
-    src.mkdir()
-    (src / "IM0001").write_bytes(b"not a dicom file at all" * 10)
     with pytest.raises(NoInputError, match="no readable input"):
-        curate_flow(str(src), str(tmp_path / "wh"))
+        curate_flow(str(junk_source), str(tmp_path / "wh"))
 
 
 def test_classify_prints_bids_rows(shared_data: Path, tmp_path: Path, capsys) -> None:
