@@ -18,6 +18,7 @@ class EvalConfig:
     attn_lr_grid: tuple[float, ...] = (1e-3, 3e-4)
     attn_epochs: int = 40
     attn_heads: int = 16
+    pool_regions: int = 1  # frozen features: global mean (1), or mean + r³ regional means (features.readout)
     token_pool: int = 1  # average tokens over k×k×k cells before the attentive probe (memory)
     fewshot_ks: tuple[int, ...] = (4, 8, 16, 32, 64)
     cnn_width: int = 8
@@ -70,6 +71,19 @@ PRESETS: dict[str, EvalConfig] = {
         mae_batch=4,
         finetune_epochs=1,
         finetune_max_train=64,
+    ),
+    # Recipe tuning (bench/tune_recipe.py) on a cohort of its own: only the frozen-feature protocols (linear
+    # and attentive probes, as in `cpu`), which are what a pretraining recipe changes; the learned baselines
+    # do not depend on it.
+    "tune": EvalConfig(
+        n_boot=500,
+        fewshot_ks=(),
+        attn_epochs=20,
+        token_pool=2,
+        run_fusion=False,
+        run_finetune=False,
+        run_scratch_cnn=False,
+        run_cnn_mae=False,
     ),
     "small": EvalConfig(
         batch_size=16,

@@ -56,13 +56,32 @@ def handcrafted_features(images: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def readout(feature_map: torch.Tensor, regions: int) -> torch.Tensor:
+    """Frozen features of a volume: the global mean, plus the mean of each of regions³ blocks.
+
+    feature_map [B, D, x, y, z] (encoder tokens laid on their grid, or a CNN's last feature map) ->
+    [B, D] for regions=1, [B, D * (1 + regions³)] otherwise. A global mean keeps *what* is in the
+    volume but not *where*; ventricles, atrophy and deep white-matter lesions are defined by where, and a
+    linear probe cannot recover location from a mean. Every frozen method gets the same readout.
+    """
+    pooled = feature_map.mean(dim=(2, 3, 4))  # [B, D]
+    if regions == 1:
+        return pooled
+    blocks = F.adaptive_avg_pool3d(feature_map, regions).flatten(1)  # [B, D * regions³]
+    return torch.cat([pooled, blocks], dim=1)
+
+
+def token_map(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Tokens on their grid: [B, T, D] -> [B, D, gx, gy, gz]."""
+    B, T, D = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, D, *grid)
+
+
 def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], k: int) -> torch.Tensor:
     """Average tokens over k³ cells of the token grid: [B, T, D] -> [B, T/k³, D] (k=1: unchanged)."""
     if k == 1:
         return tokens
-    B, T, D = tokens.shape
-    x = tokens.transpose(1, 2).reshape(B, D, *grid)
-    return F.avg_pool3d(x, k, ceil_mode=True).flatten(2).transpose(1, 2)
+    return F.avg_pool3d(token_map(tokens, grid), k, ceil_mode=True).flatten(2).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -90,10 +109,10 @@ def extract_bank(
         gpu = images.to(device)
         for name, enc in encoders.items():
             t = enc(gpu).float()  # [B, T, D]
-            pooled[name].append(t.mean(dim=1).cpu())
+            pooled[name].append(readout(token_map(t, token_grid), cfg.pool_regions).cpu())
             tokens[name].append(pool_tokens(t, token_grid, cfg.token_pool).half().cpu())
         if cnn_mae is not None:
-            pooled["cnn_mae"].append(cnn_mae.features(gpu).float().cpu())
+            pooled["cnn_mae"].append(readout(cnn_mae.feature_map(gpu).float(), cfg.pool_regions).cpu())
         pooled["handcrafted"].append(handcrafted_features(images))
         small.append(F.avg_pool3d(images, cfg.cnn_downsample).half())
     index = {v: i for i, v in enumerate(order)}

@@ -54,10 +54,13 @@ def default_tasks(cohort: EvalCohort, cfg: EvalConfig) -> list[TaskSpec]:
             tasks.append(TaskSpec("lesion_finetune", "binary", "lesion", (lesion_mod,), "finetune"))
         for k in cfg.fewshot_ks:
             tasks.append(TaskSpec(f"lesion_fewshot_k{k}", "binary", "lesion", (lesion_mod,), "fewshot", k=k))
-    if has_target(cohort, "binary", "enlarged_ventricles"):
-        tasks.append(TaskSpec("enlarged_ventricles", "binary", "enlarged_ventricles", (struct_mod,), "linear"))
-    if has_target(cohort, "regression", "age"):
-        tasks.append(TaskSpec("age", "regression", "age", (struct_mod,), "linear"))
+    # Structure is a matter of where: beside the linear probe on pooled features, an attentive probe that
+    # can weigh the tokens around the ventricles (V-JEPA reads its frozen features this way).
+    for kind, target in (("binary", "enlarged_ventricles"), ("regression", "age")):
+        if has_target(cohort, kind, target):
+            tasks.append(TaskSpec(target, kind, target, (struct_mod,), "linear"))
+            if cfg.run_attentive:
+                tasks.append(TaskSpec(f"{target}_attentive", kind, target, (struct_mod,), "attentive"))
     if has_target(cohort, "survival", "survival"):
         tasks.append(TaskSpec("survival", "survival", "survival", (lesion_mod,), "linear"))
     if len(mods) > 1:

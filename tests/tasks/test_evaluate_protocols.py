@@ -160,3 +160,41 @@ def test_evaluate_end_to_end_with_two_labelled_subjects(tmp_path):
     out = evaluate(ctx, preset=replace(CFG, run_cnn_mae=False, run_finetune=False, run_scratch_cnn=False))
     assert all(e.value is None for t in out.tasks for e in t.results.values())
     assert out.notes or out.tasks
+
+
+def test_regional_readout_keeps_where_a_global_mean_loses_it():
+    """Two groups with the same blob in opposite corners: equal means, separable region blocks."""
+    from tasks.evaluation.features import readout
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(80, 6, 4, 4, 4, generator=g) * 0.1  # [B, D, x, y, z]
+    y = torch.arange(80) % 2
+    maps[y == 0, :, :2, :2, :2] += 1.0  # one corner block
+    maps[y == 1, :, 2:, 2:, 2:] += 1.0  # the opposite one
+    mean, regional = readout(maps, 1), readout(maps, 2)
+    assert mean.shape == (80, 6) and regional.shape == (80, 6 * 9)
+    torch.testing.assert_close(regional[:, :6], mean)  # the global mean comes first (tune_recipe slices it)
+    t = {"y": y.numpy()}
+    scores = {}
+    for name, x in (("mean", mean), ("regional", regional)):
+        fit = select_and_score("binary", (x[:40], {"y": t["y"][:40]}), (x[40:60], {"y": t["y"][40:60]}), x[60:], CFG)
+        scores[name] = auroc(t["y"][60:], fit.test_scores)
+    assert scores["regional"] > 0.95 and scores["mean"] < 0.8, scores
+
+
+def test_regional_readout_reaches_every_frozen_token_and_cnn_method(state):
+    from tasks.evaluation.features import extract_bank
+
+    cfg = replace(state.cfg, pool_regions=2)
+    enc_names = {"pretrained", "random_init"}
+    from model.cnn import ResNet3d
+
+    torch.manual_seed(0)
+    mae = ResNet3d(width=cfg.cnn_width, downsample=cfg.cnn_downsample).eval()
+    bank = extract_bank(state.ctx, state.cohort, state.encoders, mae, cfg, tuple(state.model_cfg.grid))
+    width = state.model_cfg.enc_width
+    for name in enc_names:
+        assert bank.pooled[name].shape[1] == 9 * width
+        torch.testing.assert_close(bank.pooled[name][:, :width], state.bank.pooled[name], atol=1e-5, rtol=1e-4)
+    assert bank.pooled["cnn_mae"].shape[1] == 9 * mae.out_dim
+    assert bank.pooled["handcrafted"].shape == state.bank.pooled["handcrafted"].shape  # has its own octants
