@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -66,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Hospital networks: no telemetry calls home from the ephemeral Prefect server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Our modules log progress (pretraining step and ETA, evaluation tasks, worker counts) at INFO; the
+    # root logger Prefect configures shows WARNING and up, so without this a long run prints nothing.
+    level = os.environ.get("MRIFOUNDRY_LOG_LEVEL", "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        print(f"mrifoundry: error: MRIFOUNDRY_LOG_LEVEL={level!r}; use DEBUG, INFO, WARNING or ERROR", file=sys.stderr)
+        return 2
+    logging.getLogger("mrifoundry").setLevel(level)
     try:
         return args.handler(args)
     except (LookupError, ValueError, FileNotFoundError, NotADirectoryError) as err:

@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,8 +249,10 @@ def run_training(ctx: WarehouseContext, spec: TrainSpec) -> PretrainOutcome:
     out_dir = Path(spec.out_dir)
     metadata |= {"parent_checkpoint_id": spec.parent_checkpoint_id, "snapshots_seen": spec.snapshots_seen}
     last: dict = {}  # the last step's record (MinVio/MaxVio for the summary)
-    common = {"metadata": metadata, "resume": True, "progress": world.is_main and sys.stderr.isatty()}
-    common["log"] = last.update
+    tty = sys.stderr.isatty()
+    common = {"metadata": metadata, "resume": True, "progress": world.is_main and tty}
+    total = train_cfg.steps if spec.phase == "main" else train_cfg.cooldown_steps
+    common["log"] = last.update if tty else ProgressLog(total, spec.phase, last)
     if spec.phase == "main":
         init = None if spec.init_from is None else Path(spec.init_from)
         result = train(model_cfg, train_cfg, dataset, out_dir, init_from=init, **common)
@@ -285,6 +288,50 @@ def run_training(ctx: WarehouseContext, spec: TrainSpec) -> PretrainOutcome:
         _write_result(out_dir / RESULT_FILE, outcome)
     barrier(world)  # the launcher reads result.json once every process is done
     return outcome
+
+
+class ProgressLog:
+    """Step, loss and ETA in the log at most every `every_s` seconds, when no progress bar can draw.
+
+    The tqdm bar only draws on a terminal; under Prefect, cron or a redirected `mrifoundry benchmark` a
+    pretraining run would otherwise say nothing for its whole length (the 2-core benchmark: ~15 min).
+    It also keeps the last record for the outcome, as the plain callback did.
+    """
+
+    def __init__(self, total: int, phase: str, last: dict, every_s: float = 30.0, clock=time.monotonic) -> None:
+        self.total, self.phase, self.last, self.every_s, self.clock = total, phase, last, every_s, clock
+        self.t0: float | None = None
+        self.step0 = 0
+        self.shown = float("-inf")
+
+    def __call__(self, record: dict) -> None:
+        self.last.update(record)
+        now, step = self.clock(), int(record["step"])
+        if self.t0 is None:  # a resumed run starts mid-way: rate from the steps run here
+            self.t0, self.step0, self.shown = now, step, now
+        if now - self.shown < self.every_s and step < self.total:
+            return
+        self.shown = now
+        rate = (step - self.step0) / max(now - self.t0, 1e-9)
+        left = max(self.total - step, 0)
+        eta = 0.0 if left == 0 else left / rate if rate > 0 else float("inf")
+        log.info(
+            "pretraining (%s) step %d/%d (%.0f %%), loss %.4f, %.2f steps/s, ETA %s",
+            self.phase,
+            step,
+            self.total,
+            100.0 * step / max(self.total, 1),
+            record["loss"],
+            rate,
+            _clock_text(eta),
+        )
+
+
+def _clock_text(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _record_checkpoint(ctx: WarehouseContext, out: PretrainOutcome) -> None:
