@@ -76,7 +76,9 @@ def _qc_plot(rows: list[dict[str, Any]]) -> str | None:
             if vals:
                 ax.hist(vals, bins=12, alpha=0.6, color=color, label=decision)
         ax.set_title(name)
-    axes[0].legend(fontsize=7)
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if labelled:  # volumes without these metrics (e.g. a generated benchmark cohort) draw nothing
+        labelled[0].legend(fontsize=7)
     out = _png(fig)
     plt.close(fig)
     return out
