@@ -6,14 +6,18 @@ made here, on a cohort drawn with another seed (same generator, same sizes: othe
 noise, other lesions), whose whole labelled set may be read.
 
 One pretraining run is extended step by step (warm starts of the main phase: weights, EMA target and
-AdamW moments carry over, with a fresh 5 % lr warmup), and after each stage the frozen linear
-protocols (`tune` evaluation preset) score pretrained vs random init for each readout. Per task the
-paired difference is turned into a z-score (difference / bootstrap standard error, positive = pretrained
-better), and a recipe's score is the mean z over tasks: unit-free, so AUROC, MAE and C-index count alike.
+AdamW moments carry over, with the preset's short lr warmup again), and after each stage the
+frozen-feature protocols (`tune` evaluation preset: linear and attentive probes) score pretrained vs
+random init for each readout. Per task the paired difference is turned into a z-score (difference /
+bootstrap standard error, positive = pretrained better), and a recipe's score is the mean z over tasks:
+unit-free, so AUROC, MAE and C-index count alike. The run behind the `tiny_bench` preset and its numbers:
+docs/evaluation.md, docs/results/tune-2026-11-30/.
 
 Usage:
-    .venv/bin/python bench/tune_recipe.py --warehouse /tmp/tune --seed 1 --steps 300,1000,2000,3000
-    .venv/bin/python bench/tune_recipe.py ... --json results.json   # also write every number
+    .venv/bin/python bench/tune_recipe.py --warehouse /tmp/tune --seed 1 --steps 1000,2000,3000 --json a.json
+    .venv/bin/python bench/tune_recipe.py --warehouse /tmp/tune --seed 1 --ema 0.996 --steps 1000,2000,3000
+    .venv/bin/python bench/tune_recipe.py ... --ema 0.996 --start-at 3000 --steps 4000,5000   # extend
+    .venv/bin/python bench/tune_recipe.py ... --rescore --steps 1000,2000   # after an evaluation change
 """
 
 from __future__ import annotations
