@@ -53,10 +53,11 @@ def evaluate_readouts(ctx, checkpoint_id: str, regions: list[int]) -> dict[int, 
     state = prepare(ctx, checkpoint_id, cfg)
     full = state.bank
     width = state.model_cfg.enc_width
+    # readout() puts the global mean first: the mean-only readout is the first `width` columns of the encoders'
+    mean_only = {m: (v[:, :width] if m in full.tokens else v) for m, v in full.pooled.items()}
     out = {}
     for r in regions:
-        keep = width * (1 + r**3 if r > 1 else 1)  # readout() puts the global mean first, then the blocks
-        pooled = {m: (v[:, :keep] if m in full.tokens else v) for m, v in full.pooled.items()}
+        pooled = full.pooled if r == max(regions) else mean_only  # main() allows only 1 and one r > 1
         state.bank = FeatureBank(full.index, pooled, full.tokens, full.small)
         state.cfg = replace(cfg, pool_regions=r)
         results = [run_protocol(state, spec) for spec in default_tasks(state.cohort, state.cfg)]
@@ -94,7 +95,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warehouse", required=True, help="a warehouse for the tuning cohort (created if missing)")
     ap.add_argument("--seed", type=int, default=1, help="cohort seed; 0 is the benchmark's own, so not allowed")
-    ap.add_argument("--subjects", type=int, default=480, help="labelled + pool subjects (the cpu benchmark's)")
+    ap.add_argument(
+        "--subjects",
+        type=int,
+        default=480,
+        help="labelled + pool subjects; a third is the pool (480: the cpu benchmark's 160-subject pool)",
+    )
     ap.add_argument("--preset", default="tiny_bench", help="pretraining preset")
     ap.add_argument("--steps", default="300,1000,2000,3000", help="cumulative step counts to score, ascending")
     ap.add_argument("--ema", type=float, default=None, help="override the preset's EMA (a derived preset name)")

@@ -17,7 +17,8 @@ ENV_FORCE = "MRIFOUNDRY_PROGRESS"
 """Set to 1 to draw the live bar even when stderr is not a terminal, 0 to never draw it."""
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
+    """How long, as a person reads it: 45s, 3m05s, 2h10m (curation and pretraining ETAs alike)."""
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
@@ -71,7 +72,7 @@ class CurationProgress:
         return ", ".join(
             (
                 f"{rate:.1f} vol/min" if rate else "- vol/min",
-                f"ETA {_fmt_duration(eta)}" if eta is not None else "ETA -",
+                f"ETA {fmt_duration(eta)}" if eta is not None else "ETA -",
                 f"{self.failed} failed",
             )
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.context import WarehouseContext, code_version
+from tasks.progress import fmt_duration
 from warehouse.lineage import checkpoint_by_path, checkpoint_row, latest_main_checkpoint
 from warehouse.manifest import now
 from warehouse.queries import latest_snapshot
@@ -314,7 +315,7 @@ class ProgressLog:
         self.shown = now
         rate = (step - self.step0) / max(now - self.t0, 1e-9)
         left = max(self.total - step, 0)
-        eta = 0.0 if left == 0 else left / rate if rate > 0 else float("inf")
+        eta = "0s" if left == 0 else fmt_duration(left / rate) if rate > 0 else "-"
         log.info(
             "pretraining (%s) step %d/%d (%.0f %%), loss %.4f, %.2f steps/s, ETA %s",
             self.phase,
@@ -323,15 +324,8 @@ class ProgressLog:
             100.0 * step / max(self.total, 1),
             record["loss"],
             rate,
-            _clock_text(eta),
+            eta,
         )
-
-
-def _clock_text(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _record_checkpoint(ctx: WarehouseContext, out: PretrainOutcome) -> None:

@@ -139,12 +139,12 @@ class _Standardized(nn.Module):
 
     def __init__(self, x: torch.Tensor, inner: nn.Module) -> None:
         super().__init__()
-        flat = x  # [N, M, D]
-        std = flat.std(dim=0) if len(flat) > 1 else torch.ones_like(flat[0])
+        mean = x.mean(dim=0)  # x [N, M, D] -> [M, D]
+        std = x.std(dim=0) if len(x) > 1 else torch.ones_like(x[0])
         # A feature constant on train (a histogram bin no training volume reaches) carries nothing to learn;
         # dividing it by ~0 would turn a val/test subject's tiny deviation into a huge input.
-        std = torch.where(std > 1e-6 * (1.0 + flat.mean(dim=0).abs()), std, torch.ones_like(std))
-        self.register_buffer("mean", flat.mean(dim=0))  # [M, D]
+        std = torch.where(std > 1e-6 * (1.0 + mean.abs()), std, torch.ones_like(std))
+        self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.inner = inner
 

@@ -183,17 +183,15 @@ def test_regional_readout_keeps_where_a_global_mean_loses_it():
 
 
 def test_regional_readout_reaches_every_frozen_token_and_cnn_method(state):
+    from model.cnn import ResNet3d
     from tasks.evaluation.features import extract_bank
 
     cfg = replace(state.cfg, pool_regions=2)
-    enc_names = {"pretrained", "random_init"}
-    from model.cnn import ResNet3d
-
     torch.manual_seed(0)
     mae = ResNet3d(width=cfg.cnn_width, downsample=cfg.cnn_downsample).eval()
     bank = extract_bank(state.ctx, state.cohort, state.encoders, mae, cfg, tuple(state.model_cfg.grid))
     width = state.model_cfg.enc_width
-    for name in enc_names:
+    for name in ("pretrained", "random_init"):
         assert bank.pooled[name].shape[1] == 9 * width
         torch.testing.assert_close(bank.pooled[name][:, :width], state.bank.pooled[name], atol=1e-5, rtol=1e-4)
     assert bank.pooled["cnn_mae"].shape[1] == 9 * mae.out_dim
